@@ -1,0 +1,203 @@
+"""Helpers shared by the built-in matchers: host name patterns and options."""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Callable, Collection, Mapping, Optional, Sequence
+
+from switchyard.interfaces import MatcherConfigError
+
+NamePredicate = Callable[[str], bool]
+
+# Characters an exact pattern may hold once converted to A-labels: the
+# reg-name set of RFC 3986 minus percent-encoding, plus ':' for IPv6 literals.
+_EXACT_NAME = re.compile(r"[a-z0-9._~!$&'()*+,;=:-]+")
+
+
+def normalize_name(name: str) -> str:
+    """
+    Put a host name in the form patterns are compared in: lowercase, without
+    one trailing dot, and without the brackets of an IPv6 literal.
+    """
+    name = name.lower()
+    if name.startswith("[") and name.endswith("]"):
+        return name[1:-1]
+    if name.endswith("."):
+        return name[:-1]
+    return name
+
+
+def _to_ascii(key: str, pattern: str, name: str) -> str:
+    # SNI and Host carry A-labels (RFC 6066, RFC 9110), so a pattern written
+    # in Unicode must be converted or it could never match.
+    if name.isascii():
+        return name
+    try:
+        return name.encode("idna").decode("ascii")
+    except UnicodeError as e:
+        raise MatcherConfigError(
+            key, f"bad name {pattern!r}: not a valid internationalized name ({e})"
+        ) from None
+
+
+def _compile_one(key: str, pattern: str) -> NamePredicate:
+    if pattern.startswith("~"):
+        try:
+            regex = re.compile(pattern[1:], re.IGNORECASE)
+        except re.error as e:
+            raise MatcherConfigError(key, f"bad regex {pattern!r}: {e}") from None
+        return lambda name: regex.fullmatch(normalize_name(name)) is not None
+
+    if pattern.startswith("*."):
+        suffix = normalize_name(_to_ascii(key, pattern, pattern[2:]))
+        if "*" in suffix or not _EXACT_NAME.fullmatch(suffix) or "" in suffix.split("."):
+            raise MatcherConfigError(
+                key, f"bad wildcard {pattern!r}: expected '*.' followed by a domain name"
+            )
+        dotted = "." + suffix
+
+        def wildcard(name: str) -> bool:
+            name = normalize_name(name)
+            if not name.endswith(dotted):
+                return False
+            # '*' stands for one or more whole labels: never the apex itself,
+            # never an empty label as in '.example.com' or 'a..example.com'.
+            labels = name[: -len(dotted)]
+            return labels != "" and "" not in labels.split(".")
+
+        return wildcard
+
+    if "*" in pattern:
+        raise MatcherConfigError(
+            key,
+            f"bad name {pattern!r}: '*' is only allowed as the whole first label"
+            " ('*.example.com'); use '~REGEX' for other shapes",
+        )
+    exact = normalize_name(_to_ascii(key, pattern, pattern))
+    if not _EXACT_NAME.fullmatch(exact):
+        raise MatcherConfigError(key, f"bad name {pattern!r}: not a host name")
+    return lambda name: normalize_name(name) == exact
+
+
+def compile_name_patterns(key: str, patterns: str | Sequence[str]) -> NamePredicate:
+    """
+    Compile a name option into a predicate on host names (SNI, Host).
+
+    Each pattern is one of:
+      - an exact name, compared case-insensitively, a trailing dot ignored;
+      - C{*.example.com}: any name with one or more labels before
+        C{.example.com}, but not C{example.com} itself;
+      - C{~REGEX}: a Python regular expression that must match the whole
+        name, case-insensitively.
+    Names are compared after L{normalize_name}, so the regex never sees a
+    trailing dot or IPv6 brackets. The predicate is true when any pattern
+    matches.
+
+    @param key: the option name, for error messages.
+    @raise MatcherConfigError: a pattern is malformed.
+    """
+    predicates = [_compile_one(key, p) for p in require_texts(key, patterns)]
+    if len(predicates) == 1:
+        return predicates[0]
+    return lambda name: any(p(name) for p in predicates)
+
+
+def _describe(value: object) -> str:
+    """Name a value's type the way a TOML author thinks of it."""
+    kinds = [
+        (bool, "boolean"),
+        (int, "integer"),
+        (float, "float"),
+        (str, "string"),
+        (Mapping, "table"),
+        (list, "list"),
+        (tuple, "list"),
+    ]
+    for kind, name in kinds:
+        if isinstance(value, kind):
+            return f"{name} {value!r}"
+    return f"{type(value).__name__} {value!r}"
+
+
+def require_texts(key: str, value: object) -> tuple[str, ...]:
+    """
+    Check that an option is a non-empty string or a non-empty list of
+    non-empty strings, and return it as a tuple.
+    """
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, (list, tuple)):
+        raise MatcherConfigError(
+            key, f"expected a string or a list of strings, got {_describe(value)}"
+        )
+    if not items:
+        raise MatcherConfigError(key, "expected at least one value, got an empty list")
+    for item in items:
+        if not isinstance(item, str):
+            raise MatcherConfigError(
+                key, f"expected a string or a list of strings, got {_describe(item)} in the list"
+            )
+        if not item:
+            raise MatcherConfigError(key, "empty string not allowed")
+    return tuple(items)
+
+
+class Options:
+    """
+    Checked, typed access to one route's matcher options.
+
+    Construction rejects option names the matcher does not know, so a typo
+    such as C{snl = "example.com"} fails at start-up instead of silently
+    widening the route.
+    """
+
+    def __init__(self, options: Mapping[str, Any], accepted: Collection[str]) -> None:
+        for key in options:
+            if key not in accepted:
+                if accepted:
+                    known = "accepted options: " + ", ".join(sorted(accepted))
+                else:
+                    known = "this matcher takes no options"
+                raise MatcherConfigError(str(key), f"unknown option ({known})")
+        self._options = options
+
+    def texts(self, key: str) -> Optional[tuple[str, ...]]:
+        """A string or list of strings, as a tuple; C{None} when absent."""
+        if key not in self._options:
+            return None
+        return require_texts(key, self._options[key])
+
+    def text(self, key: str, *, required: bool = False) -> Optional[str]:
+        """A single string; C{None} when absent and not required."""
+        if key not in self._options:
+            if required:
+                raise MatcherConfigError(key, "required option is missing")
+            return None
+        value = self._options[key]
+        if not isinstance(value, str):
+            raise MatcherConfigError(key, f"expected a string, got {_describe(value)}")
+        return value
+
+    def names(self, key: str) -> Optional[NamePredicate]:
+        """Name patterns (see L{compile_name_patterns}); C{None} when absent."""
+        patterns = self.texts(key)
+        if patterns is None:
+            return None
+        return compile_name_patterns(key, patterns)
+
+    def flag(self, key: str, default: bool = False) -> bool:
+        """A boolean (TOML C{true}/C{false}, not a string or a number)."""
+        value = self._options.get(key, default)
+        if not isinstance(value, bool):
+            raise MatcherConfigError(key, f"expected true or false, got {_describe(value)}")
+        return value
+
+    def integer(self, key: str, default: int, *, minimum: int, maximum: int) -> int:
+        """An integer within [minimum, maximum]."""
+        value = self._options.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise MatcherConfigError(key, f"expected an integer, got {_describe(value)}")
+        if not minimum <= value <= maximum:
+            raise MatcherConfigError(
+                key, f"must be between {minimum} and {maximum}, got {value}"
+            )
+        return value

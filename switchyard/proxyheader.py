@@ -1,0 +1,250 @@
+"""Build PROXY protocol headers (version 1 and 2) for backend connections.
+
+When switchyard hands a connection to a backend that expects the PROXY
+protocol (haproxy ``accept-proxy``, nginx ``proxy_protocol``, ...), it first
+writes one of these headers so the backend learns the real client address
+instead of switchyard's.  The wire formats follow haproxy's
+``proxy-protocol.txt``:
+
+* version 1 is one text line, ``PROXY TCP4 src dst sport dport\\r\\n`` (or
+  ``TCP6``), or ``PROXY UNKNOWN\\r\\n`` when the addresses cannot be told;
+* version 2 is a binary header: a 12-byte signature, a version/command byte,
+  a family/transport byte, a big-endian length, the address block, then
+  optional type-length-value records (TLVs) such as ALPN and AUTHORITY.
+
+Only building lives here; parsing incoming headers is Twisted's job
+(``twisted.protocols.haproxy``).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import struct
+from typing import Any, Iterable, Mapping, Optional, Sequence, Tuple, Union
+
+from twisted.internet.interfaces import IAddress
+
+__all__ = [
+    "PP2_TYPE_ALPN",
+    "PP2_TYPE_AUTHORITY",
+    "V2_SIGNATURE",
+    "build_header",
+    "build_v1",
+    "build_v2",
+]
+
+PP2_TYPE_ALPN = 0x01
+"""TLV type of the application protocol (ALPN) the client negotiated."""
+
+PP2_TYPE_AUTHORITY = 0x02
+"""TLV type of the host name the client asked for (SNI or Host)."""
+
+V2_SIGNATURE = b"\r\n\r\n\x00\r\nQUIT\n"
+"""The 12 bytes every version 2 header starts with."""
+
+_V2_VERSION_PROXY = 0x21  # version 2 (high nibble), command PROXY (low nibble)
+_V2_UNSPEC = 0x00
+_V2_FAMILY = {4: 0x10, 6: 0x20}
+_V2_TRANSPORT = {"TCP": 0x01, "UDP": 0x02}
+_MAX_U16 = 0xFFFF
+
+_IP = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
+_Endpoint = Tuple[str, _IP, int]  # (transport, ip, port)
+
+
+def _endpoint(addr: Optional[IAddress]) -> Optional[_Endpoint]:
+    """Return ``(transport, ip, port)`` for an IP address object, else None.
+
+    Anything without an IP literal ``host`` and an integer ``port`` (UNIX
+    addresses, None, host names) is "not IP".  An IPv6 zone (``%eth0``) is
+    dropped: the PROXY protocol has no room for it.
+    """
+    if addr is None:
+        return None
+    host = getattr(addr, "host", None)
+    port = getattr(addr, "port", None)
+    transport = getattr(addr, "type", "TCP")
+    if not isinstance(host, str) or not isinstance(port, int):
+        return None
+    if isinstance(port, bool) or not 0 <= port <= _MAX_U16:
+        return None
+    try:
+        ip = ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return None
+    return (transport if isinstance(transport, str) else "TCP", ip, port)
+
+
+def _unmap(endpoint: _Endpoint) -> _Endpoint:
+    """Turn an IPv4-mapped IPv6 endpoint (``::ffff:1.2.3.4``) into IPv4."""
+    transport, ip, port = endpoint
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return (transport, ip.ipv4_mapped, port)
+    return endpoint
+
+
+def _pair(
+    source: Optional[IAddress], destination: Optional[IAddress]
+) -> Optional[Tuple[_Endpoint, _Endpoint]]:
+    """Both endpoints, IPv4-mapped ones unmapped, or None if either is not IP."""
+    src = _endpoint(source)
+    dst = _endpoint(destination)
+    if src is None or dst is None:
+        return None
+    return (_unmap(src), _unmap(dst))
+
+
+def build_v1(source: Optional[IAddress], destination: Optional[IAddress]) -> bytes:
+    """Build a PROXY protocol version 1 line.
+
+    @param source: the client's address (the peer switchyard accepted).
+    @param destination: the address the client connected to.
+    @return: ``PROXY TCP4 ...\\r\\n`` or ``PROXY TCP6 ...\\r\\n`` for TCP over
+        IP (IPv4-mapped IPv6 addresses are sent as IPv4), otherwise
+        ``PROXY UNKNOWN\\r\\n`` (non-IP addresses, UDP, or a source and
+        destination of different families).
+    """
+    pair = _pair(source, destination)
+    if pair is None:
+        return b"PROXY UNKNOWN\r\n"
+    (s_transport, s_ip, s_port), (d_transport, d_ip, d_port) = pair
+    if (
+        s_transport != "TCP"
+        or d_transport != "TCP"
+        or s_ip.version != d_ip.version
+    ):
+        return b"PROXY UNKNOWN\r\n"
+    proto = "TCP4" if s_ip.version == 4 else "TCP6"
+    # str() gives dotted-quad for IPv4 and the RFC 5952 compressed form for
+    # IPv6, which is what haproxy sends.
+    line = f"PROXY {proto} {s_ip} {d_ip} {s_port} {d_port}\r\n"
+    return line.encode("ascii")
+
+
+def _encode_tlvs(tlvs: Iterable[Tuple[int, bytes]]) -> bytes:
+    """Serialise TLVs, checking each type fits a byte and value 65535 bytes."""
+    out = []
+    for tlv_type, value in tlvs:
+        if isinstance(tlv_type, bool) or not isinstance(tlv_type, int):
+            raise TypeError(f"TLV type must be an int, not {tlv_type!r}")
+        if not 0 <= tlv_type <= 0xFF:
+            raise ValueError(f"TLV type {tlv_type:#x} does not fit in one byte")
+        if not isinstance(value, (bytes, bytearray, memoryview)):
+            raise TypeError(f"TLV {tlv_type:#04x} value must be bytes")
+        value = bytes(value)
+        if len(value) > _MAX_U16:
+            raise ValueError(
+                f"TLV {tlv_type:#04x} value is {len(value)} bytes;"
+                f" at most {_MAX_U16} fit"
+            )
+        out.append(struct.pack("!BH", tlv_type, len(value)) + value)
+    return b"".join(out)
+
+
+def build_v2(
+    source: Optional[IAddress],
+    destination: Optional[IAddress],
+    tlvs: Sequence[Tuple[int, bytes]] = (),
+) -> bytes:
+    """Build a PROXY protocol version 2 header (command PROXY).
+
+    @param source: the client's address.
+    @param destination: the address the client connected to.
+    @param tlvs: ``(type, value)`` records appended after the addresses, in
+        order.
+    @return: the header.  IPv4 pairs use family 0x1 (12-byte address block),
+        IPv6 pairs family 0x2 (36 bytes); IPv4-mapped addresses are unmapped
+        first, and a pair that still mixes families is sent as IPv6 with the
+        IPv4 side mapped.  Non-IP addresses give family/transport 0x00
+        (UNSPEC) with no address block; the TLVs are still sent.
+    @raise ValueError: a TLV type or value, or the whole header, is too big.
+    """
+    tlv_bytes = _encode_tlvs(tlvs)
+    pair = _pair(source, destination)
+    fam_proto = _V2_UNSPEC
+    block = b""
+    if pair is not None:
+        (s_transport, s_ip, s_port), (d_transport, d_ip, d_port) = pair
+        transport = _V2_TRANSPORT.get(s_transport)
+        if transport is not None and s_transport == d_transport:
+            if s_ip.version != d_ip.version:
+                s_ip = _as_ipv6(s_ip)
+                d_ip = _as_ipv6(d_ip)
+            fam_proto = _V2_FAMILY[s_ip.version] | transport
+            block = s_ip.packed + d_ip.packed + struct.pack("!HH", s_port, d_port)
+    length = len(block) + len(tlv_bytes)
+    if length > _MAX_U16:
+        raise ValueError(
+            f"PROXY v2 header body is {length} bytes; at most {_MAX_U16} fit"
+        )
+    return (
+        V2_SIGNATURE
+        + struct.pack("!BBH", _V2_VERSION_PROXY, fam_proto, length)
+        + block
+        + tlv_bytes
+    )
+
+
+def _as_ipv6(ip: _IP) -> ipaddress.IPv6Address:
+    """Return ip as IPv6, mapping an IPv4 address to ``::ffff:a.b.c.d``."""
+    if isinstance(ip, ipaddress.IPv4Address):
+        return ipaddress.IPv6Address(b"\x00" * 10 + b"\xff\xff" + ip.packed)
+    return ip
+
+
+def _encode_name(value: Any) -> bytes:
+    """Encode an authority (SNI/Host) value: IDNA A-labels, else UTF-8."""
+    if isinstance(value, (bytes, bytearray)):
+        return bytes(value)
+    text = str(value)
+    if text.isascii():
+        return text.encode("ascii")
+    try:
+        return text.encode("idna")
+    except UnicodeError:
+        return text.encode("utf-8")
+
+
+def _encode_alpn(value: Any) -> bytes:
+    """Encode an ALPN fact: a protocol name, or a list whose first is used."""
+    if isinstance(value, (list, tuple)):
+        if not value:
+            return b""
+        value = value[0]
+    if isinstance(value, (bytes, bytearray)):
+        return bytes(value)
+    return str(value).encode("utf-8")
+
+
+def build_header(
+    version: str,
+    source: Optional[IAddress],
+    destination: Optional[IAddress],
+    facts: Mapping[str, Any],
+) -> bytes:
+    """Build the header a route asks for, from a matcher's facts.
+
+    @param version: ``"v1"`` or ``"v2"``.
+    @param source: the client's address.
+    @param destination: the address the client connected to.
+    @param facts: the matcher's facts.  For v2, ``sni`` (or, failing that,
+        ``host``) becomes an AUTHORITY TLV (0x02) and ``alpn`` (a string, or
+        the list of offered protocols, of which the first is used) an ALPN
+        TLV (0x01); empty values are skipped, other facts are ignored.  v1
+        carries no facts.
+    @raise ValueError: unknown version, or a TLV too long.
+    """
+    if version == "v1":
+        return build_v1(source, destination)
+    if version != "v2":
+        raise ValueError(f"unknown PROXY protocol version {version!r}")
+    tlvs = []
+    alpn = facts.get("alpn")
+    if alpn:
+        encoded = _encode_alpn(alpn)
+        if encoded:
+            tlvs.append((PP2_TYPE_ALPN, encoded))
+    authority = facts.get("sni") or facts.get("host")
+    if authority:
+        tlvs.append((PP2_TYPE_AUTHORITY, _encode_name(authority)))
+    return build_v2(source, destination, tlvs)

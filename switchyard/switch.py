@@ -1,0 +1,300 @@
+"""The switch: sniff a connection's opening, pick a route, relay to its target.
+
+One path for every connection, whatever the listener or target:
+
+    SNIFFING   bytes are buffered and the routes asked in order;
+    CONNECTING the route is chosen, the client is paused while the target
+               gets ready (e.g. connects to a backend);
+    RELAYING   bytes flow both ways with flow control and half-close;
+    CLOSED     both sides are gone and the access-log event was emitted.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+from twisted.internet import error
+from twisted.internet.interfaces import (
+    IAddress,
+    IHalfCloseableProtocol,
+    IPushProducer,
+    IReactorTime,
+)
+from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from switchyard.accesslog import emit_access_event
+from switchyard.config import Listener, Route
+from switchyard.interfaces import NEED_MORE, NO, IConnection, Match
+
+_SNIFFING, _CONNECTING, _RELAYING, _CLOSED = "sniffing", "connecting", "relaying", "closed"
+
+log = Logger(namespace="switchyard.switch")
+
+
+class SwitchFactory(Factory):
+    """Builds one L{SwitchProtocol} per accepted connection of a listener."""
+
+    def __init__(self, listener: Listener, reactor: IReactorTime) -> None:
+        self.listener = listener
+        self.reactor = reactor
+
+    def buildProtocol(self, addr: IAddress) -> SwitchProtocol:
+        p = SwitchProtocol(self.listener, self.reactor)
+        p.factory = self
+        return p
+
+
+def _address_facts(address: Any) -> dict[str, Any]:
+    host = getattr(address, "host", None)
+    if host is None:
+        return {"client": str(getattr(address, "name", "") or "unknown")}
+    return {"client_host": host, "client_port": address.port}
+
+
+@implementer(IHalfCloseableProtocol, IConnection)
+class SwitchProtocol(Protocol):
+    """The client side of one connection through a listener."""
+
+    pending: Any = None  # a target's connect in progress, cancelled on close
+
+    def __init__(self, listener: Listener, reactor: Any) -> None:
+        self.listener = listener
+        self.reactor = reactor
+        self.state = _SNIFFING
+        self.buffered = b""
+        self.facts: Mapping[str, Any] = {}
+        self.route: Route | None = None
+        self.server = ""
+        self.peer: Any = None
+        self.bytes_in = 0  # from the client
+        self.bytes_out = 0  # to the client
+        self.reason: str | None = None
+        self.detail = ""
+        self.closing = False
+        self._client_eof = False
+        self._peer_eof = False
+        self._peer_open = False
+        self._client_open = True
+        self._inspect_call: Any = None
+        self._idle_call: Any = None
+        self._last_activity = 0.0
+
+    # -- the client side ------------------------------------------------
+
+    def connectionMade(self) -> None:
+        self.started = self.reactor.seconds()
+        self.client_address = self.transport.getPeer()
+        self.local_address = self.transport.getHost()
+        self._listener_facts = {"listener": self.listener.name,
+                                **_address_facts(self.client_address)}
+        self.facts = self._listener_facts
+        self._inspect_call = self.reactor.callLater(self.listener.inspect_timeout,
+                                                    self._inspect_expired)
+
+    def dataReceived(self, data: bytes) -> None:
+        self.bytes_in += len(data)
+        if self.state is _RELAYING:
+            self._last_activity = self.reactor.seconds()
+            self.peer.write(data)
+        elif self.state is _SNIFFING and not self.closing:
+            self.buffered += data
+            self._sniff(final=len(self.buffered) >= self.listener.max_sniff_bytes)
+        elif self.state is _CONNECTING:
+            # Read before the pause took effect: keep it with the opening.
+            self.buffered += data
+
+    def readConnectionLost(self) -> None:
+        self._client_eof = True
+        if self.closing:
+            return
+        if self.state is _SNIFFING:
+            if not self.buffered:
+                self.close("client_closed", "closed before sending anything")
+                return
+            # Nothing more will come: decide on what there is.
+            self._sniff(final=True)
+        elif self.state is _RELAYING:
+            self._half_close(self.peer, peer_was_producer=True)
+            self._maybe_finished()
+
+    def writeConnectionLost(self) -> None:
+        pass
+
+    def connectionLost(self, reason: Failure = Failure(error.ConnectionDone())) -> None:
+        self._client_open = False
+        if self.reason is None:
+            if reason.check(error.ConnectionDone):
+                self._set_reason("normal" if self.state is _RELAYING else "client_closed")
+            else:
+                self._set_reason("client_reset" if self.state is _RELAYING else "client_closed",
+                                 reason.getErrorMessage())
+        self.closing = True
+        self._cancel_timers()
+        if self.pending is not None:
+            self.pending.cancel()
+        if self._peer_open:
+            self.peer.loseConnection()
+        self._finish()
+
+    # -- sniffing -------------------------------------------------------
+
+    def _sniff(self, final: bool) -> None:
+        data = self.buffered
+        facts = self._listener_facts
+        for route in self.listener.routes:
+            try:
+                result = route.matcher.match(data, facts)
+            except Exception:
+                log.failure("matcher {match!r} of route {route!r} raised; "
+                            "treating it as a no", match=route.match, route=route.name)
+                continue
+            if result is NO:
+                continue
+            if result is NEED_MORE:
+                if final:
+                    continue
+                return
+            if isinstance(result, Match):
+                self._choose(route, result.facts)
+                return
+            log.error("matcher {match!r} returned {result!r}; treating it as a no",
+                      match=route.match, result=result)
+        if final and len(data) >= self.listener.max_sniff_bytes:
+            self.close("no_route", f"no route matched the first {len(data)} bytes (sniff limit)")
+        else:
+            self.close("no_route", f"no route matched the first {len(data)} bytes")
+
+    def _inspect_expired(self) -> None:
+        self._inspect_call = None
+        if self.state is not _SNIFFING:
+            return
+        if self.listener.on_timeout is not None:
+            self._choose(self.listener.on_timeout, {})
+        else:
+            self.close("sniff_timeout", f"no decision after {self.listener.inspect_timeout:g}s "
+                       f"({len(self.buffered)} bytes read)")
+
+    def _choose(self, route: Route, facts: Mapping[str, Any]) -> None:
+        if self._inspect_call is not None:
+            self._inspect_call.cancel()
+            self._inspect_call = None
+        self.route = route
+        if facts:
+            self.facts = {**self._listener_facts, **facts}
+        self.state = _CONNECTING
+        self.transport.pauseProducing()
+        try:
+            route.target.attach(self)
+        except Exception:
+            log.failure("target {target!r} of route {route!r} failed",
+                        target=getattr(route.target, "name", route.target), route=route.name)
+            self.close("error", "target failed to start")
+
+    # -- IConnection: what targets call ---------------------------------
+
+    def set_server(self, description: str) -> None:
+        self.server = description
+
+    def splice(self, peer: Any, prefix: bytes = b"") -> None:
+        if self.closing:
+            peer.loseConnection()
+            return
+        self.peer = peer
+        self._peer_open = True
+        self.state = _RELAYING
+        opening, self.buffered = self.buffered, b""
+        if prefix or opening:
+            peer.write(prefix + opening)
+        peer.registerProducer(self.transport, True)
+        if IPushProducer.providedBy(peer):
+            self.transport.registerProducer(peer, True)
+        self._last_activity = self.reactor.seconds()
+        self._idle_call = self.reactor.callLater(self.listener.idle_timeout, self._idle_check)
+        if self._client_eof:
+            self._half_close(peer, peer_was_producer=True)
+        else:
+            self.transport.resumeProducing()
+
+    def peer_data(self, data: bytes) -> None:
+        self.bytes_out += len(data)
+        self._last_activity = self.reactor.seconds()
+        self.transport.write(data)
+
+    def peer_eof(self) -> None:
+        self._peer_eof = True
+        self._half_close(self.transport, peer_was_producer=IPushProducer.providedBy(self.peer))
+        self._maybe_finished()
+
+    def peer_lost(self, reason: Failure) -> None:
+        self._peer_open = False
+        if self.reason is None and not reason.check(error.ConnectionDone):
+            self._set_reason("backend_reset", reason.getErrorMessage())
+        if not self.closing:
+            self.closing = True
+            self.transport.loseConnection()
+        self._finish()
+
+    def close(self, reason: str, detail: str = "", reply: bytes = b"") -> None:
+        self._set_reason(reason, detail)
+        if self.closing:
+            return
+        self.closing = True
+        self._cancel_timers()
+        if self.pending is not None:
+            self.pending.cancel()
+        if reply:
+            self.bytes_out += len(reply)
+            self.transport.write(reply)
+        self.transport.loseConnection()
+        if self._peer_open:
+            self.peer.loseConnection()
+
+    # -- relay bookkeeping ----------------------------------------------
+
+    def _half_close(self, sink: Any, peer_was_producer: bool) -> None:
+        """Pass an end of stream on to ``sink``, once its buffer is flushed."""
+        # A paused producer left registered would stop the transport from
+        # ever sending its FIN (FileDescriptor.doWrite resumes it instead).
+        if peer_was_producer:
+            sink.unregisterProducer()
+        sink.loseWriteConnection()
+
+    def _maybe_finished(self) -> None:
+        if self._client_eof and self._peer_eof and not self.closing:
+            self._set_reason("normal")
+            self.closing = True
+            self._cancel_timers()
+            self.transport.loseConnection()
+            if self._peer_open:
+                self.peer.loseConnection()
+
+    def _idle_check(self) -> None:
+        self._idle_call = None
+        idle = self.reactor.seconds() - self._last_activity
+        if idle >= self.listener.idle_timeout:
+            self.close("idle_timeout", f"no data either way for {idle:.0f}s")
+        else:
+            self._idle_call = self.reactor.callLater(self.listener.idle_timeout - idle,
+                                                     self._idle_check)
+
+    def _cancel_timers(self) -> None:
+        for name in ("_inspect_call", "_idle_call"):
+            call = getattr(self, name)
+            if call is not None:
+                call.cancel()
+                setattr(self, name, None)
+
+    def _set_reason(self, reason: str, detail: str = "") -> None:
+        if self.reason is None:
+            self.reason = reason
+            self.detail = detail
+
+    def _finish(self) -> None:
+        """Emit the access-log event once both sides are gone."""
+        if self.state is _CLOSED or self._peer_open or self._client_open:
+            return
+        self.state = _CLOSED
+        emit_access_event(self)

@@ -1,0 +1,84 @@
+"""The twistd command line: options, config checking, and the service tree."""
+
+from __future__ import annotations
+
+import sys
+from twisted.application import service
+from twisted.application.internet import StreamServerEndpointService
+from twisted.logger import Logger
+from twisted.python import usage
+
+from switchyard.config import Config, ConfigError, load
+
+log = Logger(namespace="switchyard")
+
+
+class Options(usage.Options):
+    synopsis = "[--check] --config FILE"
+    longdesc = (
+        "Listen on the ports a TOML config names, read the first bytes of every "
+        "connection, and relay it to the target of the first route whose matcher "
+        "recognises them (TLS by SNI/ALPN, SSH, HTTP by host/path, or any matcher "
+        "plugin). See docs/config.md for the config format."
+    )
+    optParameters = [
+        ["config", "c", None, "Path of the TOML config file (required)."],
+    ]
+    optFlags = [
+        ["check", None, "Validate the config, print a summary and exit: "
+                        "0 if it is usable, 1 (naming the key and problem) if not."],
+    ]
+
+    compiled: Config
+
+    def postOptions(self) -> None:
+        if not self["config"]:
+            raise usage.UsageError("--config FILE is required")
+        from twisted.internet import reactor
+
+        try:
+            self.compiled = load(self["config"], reactor)
+        except ConfigError as e:
+            # Fail before anything listens, naming the key and the problem.
+            sys.stderr.write(f"switchyard: config error in {self['config']}: {e}\n")
+            raise SystemExit(1)
+        if self["check"]:
+            sys.stdout.write(describe(self.compiled) + "\nconfig OK\n")
+            raise SystemExit(0)
+
+
+def describe(config: Config) -> str:
+    """A readable summary of the compiled route tables."""
+    lines = []
+    for listener in config.listeners:
+        lines.append(f"listener {listener.name} on {listener.listen} "
+                     f"(inspect_timeout={listener.inspect_timeout:g}s, "
+                     f"max_sniff_bytes={listener.max_sniff_bytes})")
+        for route in listener.routes:
+            lines.append(f"  route {route.name}: match {route.match} -> {route.target.name}")
+        if listener.on_timeout is not None:
+            lines.append(f"  on timeout -> {listener.on_timeout.target.name}")
+    return "\n".join(lines)
+
+
+def makeService(options: Options) -> service.IService:
+    from twisted.internet import reactor
+
+    from switchyard.switch import SwitchFactory
+
+    config = options.compiled
+    top = service.MultiService()
+    for listener in config.listeners:
+        svc = StreamServerEndpointService(listener.endpoint, SwitchFactory(listener, reactor))
+        # A port that cannot be bound stops twistd instead of logging and idling.
+        svc._raiseSynchronously = True
+        svc.setName(listener.name)
+        svc.setServiceParent(top)
+    log.info("switchyard: {config} compiled:\n{summary}", config=config.path,
+             summary=describe(config))
+    return top
+
+
+__all__ = ["Options", "makeService"]
+
+

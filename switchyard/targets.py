@@ -1,0 +1,153 @@
+"""Route targets: backends reached over endpoints, and built-in responders."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attr
+from twisted.internet import defer, error
+from twisted.internet.interfaces import IHalfCloseableProtocol, IStreamClientEndpoint
+from twisted.internet.protocol import Factory, Protocol
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from switchyard.interfaces import IConnection, ITarget
+from switchyard.proxyheader import build_header
+
+
+@attr.s(frozen=True, slots=True, auto_attribs=True)
+class Server:
+    """One server of a backend: how to reach it and what to call it in logs."""
+
+    description: str
+    endpoint: IStreamClientEndpoint
+
+
+@implementer(IHalfCloseableProtocol)
+class _BackendProtocol(Protocol):
+    """The backend side of a relay: everything it hears goes to the client."""
+
+    def __init__(self, connection: IConnection) -> None:
+        self.connection = connection
+
+    def dataReceived(self, data: bytes) -> None:
+        self.connection.peer_data(data)
+
+    def readConnectionLost(self) -> None:
+        self.connection.peer_eof()
+
+    def writeConnectionLost(self) -> None:
+        pass
+
+    def connectionLost(self, reason: Failure = Failure(error.ConnectionDone())) -> None:
+        self.connection.peer_lost(reason)
+
+
+class _BackendFactory(Factory):
+    def __init__(self, connection: IConnection) -> None:
+        self.connection = connection
+
+    def buildProtocol(self, addr: Any) -> _BackendProtocol:
+        return _BackendProtocol(self.connection)
+
+
+_TIMEOUTS = (defer.TimeoutError, defer.CancelledError, error.TimeoutError)
+
+
+@implementer(ITarget)
+@attr.s(frozen=True, slots=True, auto_attribs=True)
+class BackendTarget:
+    """Servers tried in order, each within ``connect_timeout``."""
+
+    name: str
+    servers: tuple[Server, ...]
+    proxy_protocol: str | None
+    connect_timeout: float
+
+    def attach(self, connection: IConnection) -> None:
+        self._connect(connection, 0, [])
+
+    def _connect(self, connection: Any, index: int, failures: list[str]) -> None:
+        server = self.servers[index]
+        connection.set_server(server.description)
+        d = server.endpoint.connect(_BackendFactory(connection))
+        d.addTimeout(self.connect_timeout, connection.reactor)
+        connection.pending = d
+
+        def connected(protocol: _BackendProtocol) -> None:
+            connection.pending = None
+            prefix = b""
+            if self.proxy_protocol is not None:
+                prefix = build_header(self.proxy_protocol, connection.client_address,
+                                      connection.local_address, connection.facts)
+            connection.splice(protocol.transport, prefix)
+
+        def failed(f: Failure) -> None:
+            connection.pending = None
+            if connection.closing:
+                return
+            timed_out = f.check(*_TIMEOUTS) is not None
+            failures.append(f"{server.description}: "
+                            + ("timed out" if timed_out else f.getErrorMessage()))
+            if index + 1 < len(self.servers):
+                self._connect(connection, index + 1, failures)
+                return
+            connection.close("backend_timeout" if timed_out else "backend_refused",
+                             "; ".join(failures))
+
+        d.addCallbacks(connected, failed)
+
+
+class _Loopback:
+    """The echo target's peer: what the client sends comes straight back."""
+
+    def __init__(self, connection: Any) -> None:
+        self.connection = connection
+        self.client = connection.transport
+
+    def write(self, data: bytes) -> None:
+        self.connection.peer_data(data)
+
+    def writeSequence(self, data: list[bytes]) -> None:
+        self.connection.peer_data(b"".join(data))
+
+    def loseWriteConnection(self) -> None:
+        self.connection.peer_eof()
+
+    def loseConnection(self) -> None:
+        pass
+
+    abortConnection = loseConnection
+
+    def registerProducer(self, producer: Any, streaming: bool) -> None:
+        # The client's transport feeds itself: its own write buffer
+        # pauses its reading.
+        self.client.registerProducer(producer, streaming)
+
+    def unregisterProducer(self) -> None:
+        self.client.unregisterProducer()
+
+
+@implementer(ITarget)
+@attr.s(frozen=True, slots=True, auto_attribs=True)
+class EchoTarget:
+    """Send every byte back to the client: a smoke test for the whole path."""
+
+    name: str = "echo"
+
+    def attach(self, connection: IConnection) -> None:
+        connection.set_server("echo")
+        connection.splice(_Loopback(connection))
+
+
+@implementer(ITarget)
+@attr.s(frozen=True, slots=True, auto_attribs=True)
+class RejectTarget:
+    """Close the connection at once, after an optional fixed reply."""
+
+    name: str = "reject"
+    reply: bytes = b""
+
+    def attach(self, connection: IConnection) -> None:
+        connection.set_server("reject")
+        connection.close("rejected", reply=self.reply)

@@ -1,0 +1,197 @@
+"""The sniffing engine's decisions, timers and log events, with fakes."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from twisted.internet.testing import MemoryReactorClock
+from twisted.trial import unittest
+
+from switchyard.config import Listener, Route
+from switchyard.interfaces import NEED_MORE, NO, Match, MatchResult
+from switchyard.switch import SwitchFactory
+from tests.fakes import CapturedEvents, RecordingTarget, ScriptedMatcher, connect
+
+
+def need(n: int, facts: dict[str, Any] | None = None) -> Callable[[bytes], MatchResult]:
+    """Match once ``n`` bytes are there; NEED_MORE before."""
+    return lambda data: Match(facts or {}) if len(data) >= n else NEED_MORE
+
+
+def never(data: bytes) -> MatchResult:
+    return NO
+
+
+def make_listener(routes: list[tuple[str, Callable[[bytes], MatchResult], Any]],
+                  on_timeout: Any = None, **kw: Any) -> Listener:
+    compiled = tuple(Route(name=name, matcher=ScriptedMatcher(decide), match=name, target=t)
+                     for name, decide, t in routes)
+    timeout_route = None
+    if on_timeout is not None:
+        timeout_route = Route(name="on_timeout", matcher=ScriptedMatcher(never),
+                              match="on_timeout", target=on_timeout)
+    return Listener(name="test", listen="tcp:0", endpoint=None, routes=compiled,
+                    inspect_timeout=kw.get("inspect_timeout", 5.0),
+                    max_sniff_bytes=kw.get("max_sniff_bytes", 16384),
+                    on_timeout=timeout_route, idle_timeout=kw.get("idle_timeout", 60.0))
+
+
+class SniffOrderTests(unittest.TestCase):
+    def setUp(self) -> None:
+        self.reactor = MemoryReactorClock()
+        self.log = CapturedEvents(self)
+
+    def switch(self, listener: Listener) -> tuple[Any, Any]:
+        return connect(SwitchFactory(listener, self.reactor))
+
+    def test_laterMatchWaitsWhileEarlierRouteNeedsMore(self) -> None:
+        first, second = RecordingTarget("first"), RecordingTarget("second")
+        listener = make_listener([("a", need(10), first), ("b", need(1), second)])
+        proto, _ = self.switch(listener)
+        proto.dataReceived(b"12345")
+        self.assertEqual((first.attached, second.attached), ([], []))
+        proto.dataReceived(b"67890")
+        self.assertEqual(len(first.attached), 1)
+        self.assertEqual(second.attached, [])
+
+    def test_laterRouteWinsOnceEarlierSaysNo(self) -> None:
+        first, second = RecordingTarget("first"), RecordingTarget("second")
+        decide_first = lambda d: NEED_MORE if len(d) < 3 else NO  # noqa: E731
+        listener = make_listener([("a", decide_first, first), ("b", need(1), second)])
+        proto, _ = self.switch(listener)
+        proto.dataReceived(b"xy")
+        self.assertEqual(second.attached, [])
+        proto.dataReceived(b"z")
+        self.assertEqual(len(second.attached), 1)
+
+    def test_bufferedOpeningReachesPeerOnceUnmodified(self) -> None:
+        target = RecordingTarget()
+        proto, _ = self.switch(make_listener([("a", need(6), target)]))
+        for b in b"abcdefgh":
+            proto.dataReceived(bytes([b]))
+        self.assertEqual(target.peers[0].value(), b"abcdefgh")
+
+    def test_matcherFactsReachAccessLog(self) -> None:
+        target = RecordingTarget()
+        proto, transport = self.switch(make_listener([("a", need(1, {"sni": "x.test"}), target)]))
+        proto.dataReceived(b"hi")
+        transport.loseConnection()
+        proto.connectionLost()
+        proto.peer_lost(_done())
+        [event] = self.log.events
+        self.assertEqual(event["facts"], {"sni": "x.test"})
+        self.assertEqual(event["route"], "a")
+        self.assertEqual(event["client"], "192.0.2.7:40000")
+        self.assertEqual(event["bytes_in"], 2)
+
+    def test_allRoutesSayNoClosesWithNoRoute(self) -> None:
+        proto, transport = self.switch(make_listener([("a", never, RecordingTarget())]))
+        proto.dataReceived(b"junk")
+        self.assertTrue(transport.disconnecting)
+        proto.connectionLost()
+        [event] = self.log.events
+        self.assertEqual(event["reason"], "no_route")
+
+    def test_matcherThatRaisesCountsAsNo(self) -> None:
+        def boom(data: bytes) -> MatchResult:
+            raise RuntimeError("bad plugin")
+
+        target = RecordingTarget()
+        proto, _ = self.switch(make_listener([("bad", boom, target), ("b", need(1), target)]))
+        proto.dataReceived(b"x")
+        self.assertEqual(len(target.attached), 1)
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
+    def test_sniffLimitTreatsNeedMoreAsNo(self) -> None:
+        default = RecordingTarget("default")
+        listener = make_listener([("a", need(10**6), RecordingTarget()),
+                                  ("any", need(0), default)], max_sniff_bytes=100)
+        proto, _ = self.switch(listener)
+        proto.dataReceived(b"x" * 60)
+        self.assertEqual(default.attached, [])
+        proto.dataReceived(b"x" * 60)
+        self.assertEqual(len(default.attached), 1)
+        self.assertEqual(default.peers[0].value(), b"x" * 120)
+
+    def test_sniffLimitWithoutDefaultCloses(self) -> None:
+        listener = make_listener([("a", need(10**6), RecordingTarget())], max_sniff_bytes=100)
+        proto, transport = self.switch(listener)
+        proto.dataReceived(b"x" * 150)
+        self.assertTrue(transport.disconnecting)
+        proto.connectionLost()
+        self.assertEqual(self.log.events[0]["reason"], "no_route")
+        self.assertIn("sniff limit", self.log.events[0]["detail"])
+
+    def test_clientEofMidSniffDecidesOnWhatThereIs(self) -> None:
+        target = RecordingTarget()
+        listener = make_listener([("a", need(100), RecordingTarget()), ("b", need(1), target)])
+        proto, _ = self.switch(listener)
+        proto.dataReceived(b"partial")
+        proto.readConnectionLost()
+        self.assertEqual(len(target.attached), 1)
+        # The end of stream is passed on once the peer has the opening.
+        self.assertEqual(target.peers[0].value(), b"partial")
+        self.assertTrue(target.peers[0].write_closed)
+
+    def test_clientClosingBeforeSendingIsLogged(self) -> None:
+        proto, _ = self.switch(make_listener([("a", need(1), RecordingTarget())]))
+        proto.readConnectionLost()
+        proto.connectionLost()
+        self.assertEqual(self.log.events[0]["reason"], "client_closed")
+
+
+class TimerTests(unittest.TestCase):
+    def setUp(self) -> None:
+        self.reactor = MemoryReactorClock()
+        self.log = CapturedEvents(self)
+
+    def test_silentClientClosedAtInspectTimeout(self) -> None:
+        listener = make_listener([("a", need(1), RecordingTarget())], inspect_timeout=3)
+        proto, transport = connect(SwitchFactory(listener, self.reactor))
+        self.reactor.advance(2.9)
+        self.assertFalse(transport.disconnecting)
+        self.reactor.advance(0.2)
+        self.assertTrue(transport.disconnecting)
+        proto.connectionLost()
+        self.assertEqual(self.log.events[0]["reason"], "sniff_timeout")
+        self.assertEqual(self.reactor.getDelayedCalls(), [])
+
+    def test_silentClientGoesToOnTimeoutRoute(self) -> None:
+        banner_first = RecordingTarget("sshd")
+        listener = make_listener([("a", need(1), RecordingTarget())],
+                                 on_timeout=banner_first, inspect_timeout=3)
+        proto, transport = connect(SwitchFactory(listener, self.reactor))
+        self.reactor.advance(3)
+        self.assertEqual(len(banner_first.attached), 1)
+        self.assertFalse(transport.disconnecting)
+        self.assertEqual(proto.route.name, "on_timeout")
+
+    def test_decisionCancelsInspectTimer(self) -> None:
+        listener = make_listener([("a", need(1), RecordingTarget())], inspect_timeout=3)
+        proto, transport = connect(SwitchFactory(listener, self.reactor))
+        proto.dataReceived(b"x")
+        self.reactor.advance(10)
+        self.assertFalse(transport.disconnecting)
+
+    def test_idleRelayClosedAtIdleTimeout(self) -> None:
+        target = RecordingTarget()
+        listener = make_listener([("a", need(1), target)], idle_timeout=30)
+        proto, transport = connect(SwitchFactory(listener, self.reactor))
+        proto.dataReceived(b"x")
+        self.reactor.advance(20)
+        proto.dataReceived(b"y")  # activity pushes the deadline
+        self.reactor.advance(20)
+        self.assertFalse(transport.disconnecting)
+        self.reactor.advance(11)
+        self.assertTrue(transport.disconnecting)
+        self.assertTrue(target.peers[0].disconnecting)
+        proto.connectionLost()
+        proto.peer_lost(_done())
+        self.assertEqual(self.log.events[0]["reason"], "idle_timeout")
+
+
+def _done() -> Any:
+    from twisted.internet.error import ConnectionDone
+    from twisted.python.failure import Failure
+
+    return Failure(ConnectionDone())
