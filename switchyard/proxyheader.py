@@ -43,6 +43,7 @@ V2_SIGNATURE = b"\r\n\r\n\x00\r\nQUIT\n"
 """The 12 bytes every version 2 header starts with."""
 
 _V2_VERSION_PROXY = 0x21  # version 2 (high nibble), command PROXY (low nibble)
+_V2_VERSION_LOCAL = 0x20  # version 2, command LOCAL: "use the real addresses"
 _V2_UNSPEC = 0x00
 _V2_FAMILY = {4: 0x10, 6: 0x20}
 _V2_TRANSPORT = {"TCP": 0x01, "UDP": 0x02}
@@ -152,15 +153,20 @@ def build_v2(
     @param destination: the address the client connected to.
     @param tlvs: ``(type, value)`` records appended after the addresses, in
         order.
-    @return: the header.  IPv4 pairs use family 0x1 (12-byte address block),
-        IPv6 pairs family 0x2 (36 bytes); IPv4-mapped addresses are unmapped
-        first, and a pair that still mixes families is sent as IPv6 with the
-        IPv4 side mapped.  Non-IP addresses give family/transport 0x00
-        (UNSPEC) with no address block; the TLVs are still sent.
+    @return: the header.  IPv4 pairs use command PROXY (0x21) and family
+        0x1 (12-byte address block), IPv6 pairs family 0x2 (36 bytes);
+        IPv4-mapped addresses are unmapped first, and a pair that still mixes
+        families is sent as IPv6 with the IPv4 side mapped.  Non-IP
+        addresses give family/transport 0x00 (UNSPEC) with no address block
+        and command LOCAL (0x20), which the spec obliges every receiver to
+        accept (using the real connection's addresses), as haproxy and curl
+        send it; haproxy 2.6 resets connections that combine PROXY with
+        UNSPEC.  The TLVs are still sent (receivers may ignore them).
     @raise ValueError: a TLV type or value, or the whole header, is too big.
     """
     tlv_bytes = _encode_tlvs(tlvs)
     pair = _pair(source, destination)
+    command = _V2_VERSION_LOCAL
     fam_proto = _V2_UNSPEC
     block = b""
     if pair is not None:
@@ -171,6 +177,7 @@ def build_v2(
                 s_ip = _as_ipv6(s_ip)
                 d_ip = _as_ipv6(d_ip)
             fam_proto = _V2_FAMILY[s_ip.version] | transport
+            command = _V2_VERSION_PROXY
             block = s_ip.packed + d_ip.packed + struct.pack("!HH", s_port, d_port)
     length = len(block) + len(tlv_bytes)
     if length > _MAX_U16:
@@ -179,7 +186,7 @@ def build_v2(
         )
     return (
         V2_SIGNATURE
-        + struct.pack("!BBH", _V2_VERSION_PROXY, fam_proto, length)
+        + struct.pack("!BBH", command, fam_proto, length)
         + block
         + tlv_bytes
     )

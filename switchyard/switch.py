@@ -37,6 +37,8 @@ log = Logger(namespace="switchyard.switch")
 class SwitchFactory(Factory):
     """Builds one L{SwitchProtocol} per accepted connection of a listener."""
 
+    noisy = False
+
     def __init__(self, listener: Listener, reactor: IReactorTime) -> None:
         self.listener = listener
         self.reactor = reactor

@@ -44,6 +44,8 @@ class _BackendProtocol(Protocol):
 
 
 class _BackendFactory(Factory):
+    noisy = False  # one per connection: the access log says it all
+
     def __init__(self, connection: IConnection) -> None:
         self.connection = connection
 
@@ -51,7 +53,10 @@ class _BackendFactory(Factory):
         return _BackendProtocol(self.connection)
 
 
-_TIMEOUTS = (defer.TimeoutError, defer.CancelledError, error.TimeoutError)
+# Cancelling a HostnameEndpoint connect (addTimeout does) fails with
+# ConnectingCancelledError rather than CancelledError.
+_TIMEOUTS = (defer.TimeoutError, defer.CancelledError, error.TimeoutError,
+             error.ConnectingCancelledError)
 
 
 @implementer(ITarget)
@@ -104,6 +109,7 @@ class _Loopback:
     def __init__(self, connection: Any) -> None:
         self.connection = connection
         self.client = connection.transport
+        self.lost = False
 
     def write(self, data: bytes) -> None:
         self.connection.peer_data(data)
@@ -115,7 +121,9 @@ class _Loopback:
         self.connection.peer_eof()
 
     def loseConnection(self) -> None:
-        pass
+        if not self.lost:
+            self.lost = True
+            self.connection.peer_lost(Failure(error.ConnectionDone()))
 
     abortConnection = loseConnection
 

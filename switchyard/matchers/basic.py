@@ -1,0 +1,94 @@
+"""The ``any`` and ``regex`` matchers: a catch-all and a raw bytes pattern."""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Mapping
+
+import attr
+from zope.interface import implementer
+
+from switchyard.interfaces import (
+    NEED_MORE,
+    NO,
+    IMatcher,
+    IMatcherFactory,
+    Match,
+    MatcherConfigError,
+    MatchResult,
+)
+from switchyard.matchers._names import Options
+
+MAX_FACT_LENGTH = 64
+# Matching needs the bytes in the switch's buffer, whose cap is configurable;
+# this bound only catches typos such as an extra zero or two.
+MAX_MIN_LENGTH = 1024 * 1024
+
+
+@implementer(IMatcher)
+class AnyMatcher:
+    """Matches every opening, even an empty one: the catch-all route."""
+
+    def match(self, data: bytes, facts: Mapping[str, Any]) -> MatchResult:
+        return Match(facts={})
+
+
+@implementer(IMatcherFactory)
+class AnyMatcherFactory:
+    """Builds the L{AnyMatcher}; it takes no options."""
+
+    name = "any"
+    description = "Matches every connection (put it last)"
+
+    def build(self, options: Mapping[str, Any]) -> AnyMatcher:
+        Options(options, ())
+        return AnyMatcher()
+
+
+@implementer(IMatcher)
+@attr.s(frozen=True, slots=True, auto_attribs=True)
+class RegexMatcher:
+    """
+    Searches the opening for a bytes regex once C{min_length} bytes are in;
+    before that the answer is NEED_MORE, after it Match or NO.
+    """
+
+    pattern: re.Pattern[bytes]
+    min_length: int = 1
+
+    def match(self, data: bytes, facts: Mapping[str, Any]) -> MatchResult:
+        if len(data) < self.min_length:
+            return NEED_MORE
+        found = self.pattern.search(data)
+        if found is None:
+            return NO
+        return Match(facts={"regex": found.group(0).decode("latin-1")[:MAX_FACT_LENGTH]})
+
+
+@implementer(IMatcherFactory)
+class RegexMatcherFactory:
+    """Builds L{RegexMatcher}s from route options."""
+
+    name = "regex"
+    description = "Python bytes regex searched in the first bytes"
+
+    def build(self, options: Mapping[str, Any]) -> RegexMatcher:
+        opts = Options(options, ("pattern", "min_length"))
+        source = opts.text("pattern", required=True)
+        assert source is not None
+        try:
+            # TOML strings are text; Latin-1 maps "\u00ff" to byte 0xff, so
+            # any byte value can be written.
+            raw = source.encode("latin-1")
+        except UnicodeEncodeError as e:
+            raise MatcherConfigError(
+                "pattern",
+                f"{source!r} has a character above \\u00ff at position {e.start}; "
+                "write bytes as \\xNN regex escapes",
+            ) from None
+        try:
+            pattern = re.compile(raw)
+        except re.error as e:
+            raise MatcherConfigError("pattern", f"bad regex {source!r}: {e}") from None
+        min_length = opts.integer("min_length", 1, minimum=1, maximum=MAX_MIN_LENGTH)
+        return RegexMatcher(pattern=pattern, min_length=min_length)

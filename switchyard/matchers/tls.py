@@ -1,0 +1,385 @@
+"""The ``tls`` matcher: a TLS ClientHello, with SNI, ALPN and version conditions.
+
+The opening must be TLS handshake records (content type 22, record version
+3.0 to 3.4, 1 to 2^14 bytes each) whose reassembled payload starts with a
+ClientHello (RFC 8446 section 4.1.2, RFC 5246 section 7.4.1.2) of at most
+16 KiB. The hello may span any number of records and TCP segments. Every
+length field is checked against its enclosing one, so a buffer is either a
+valid prefix of a hello (NEED_MORE), a complete hello (parsed), or cannot
+become one (NO).
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Mapping, Optional, Union
+
+import attr
+from zope.interface import implementer
+
+from switchyard.interfaces import (
+    NEED_MORE,
+    NO,
+    IMatcher,
+    IMatcherFactory,
+    Match,
+    MatcherConfigError,
+    MatchResult,
+    Verdict,
+)
+from switchyard.matchers._names import NamePredicate, Options
+
+CONTENT_TYPE_HANDSHAKE = 0x16
+HANDSHAKE_CLIENT_HELLO = 1
+EXT_SERVER_NAME = 0
+EXT_ALPN = 16
+EXT_SUPPORTED_VERSIONS = 43
+
+MAX_RECORD_LENGTH = 2**14
+MAX_HELLO_LENGTH = 16 * 1024
+# version(2) random(32) session_id(1+0) cipher_suites(2+2) compression(1+1)
+_MIN_HELLO_LENGTH = 41
+_NAME_TYPE_HOST_NAME = 0
+
+_VERSIONS = {"1.0": 0x0301, "1.1": 0x0302, "1.2": 0x0303, "1.3": 0x0304}
+
+
+@attr.s(frozen=True, slots=True, auto_attribs=True)
+class ClientHello:
+    """
+    What a ClientHello offers.
+
+    @ivar legacy_version: the hello's own version field (0x0303 in TLS 1.3).
+    @ivar versions: protocol versions offered, in the client's order: the
+        supported_versions list without GREASE values when the extension is
+        present, else just C{legacy_version}.
+    @ivar sni: the first host_name in server_name, as sent; C{None} if none.
+    @ivar alpn: ALPN protocol names in the client's order (non-ASCII bytes
+        shown as C{\\xNN}); empty if the extension is absent.
+    @ivar extensions: every extension as C{(type, data)}, in order.
+    @ivar length: how many bytes of the opening the records carrying the
+        hello take, so a caller can find what follows.
+    """
+
+    legacy_version: int
+    session_id: bytes
+    cipher_suites: tuple[int, ...]
+    compression_methods: bytes
+    extensions: tuple[tuple[int, bytes], ...]
+    sni: Optional[str]
+    alpn: tuple[str, ...]
+    versions: tuple[int, ...]
+    length: int
+
+    @property
+    def highest_version(self) -> int:
+        """The highest TLS version offered (e.g. 0x0304)."""
+        known = [v for v in self.versions if v >> 8 == 3]
+        return max(known) if known else self.legacy_version
+
+
+def version_name(version: int) -> str:
+    """Name a wire version the way people do: 0x0303 is "1.2", 0x0300 "ssl3"."""
+    major, minor = version >> 8, version & 0xFF
+    if major != 3:
+        return f"0x{version:04x}"
+    if minor == 0:
+        return "ssl3"
+    return f"1.{minor - 1}"
+
+
+class _Invalid(Exception):
+    """The bytes cannot become a valid ClientHello."""
+
+
+class _Short(Exception):
+    """The bytes are a valid prefix: more are needed to decide."""
+
+
+class _Reader:
+    """
+    A cursor over a length-delimited structure of which only a prefix may be
+    buffered: reading past C{limit} is malformed, reading past the buffer is
+    merely early.
+    """
+
+    __slots__ = ("buf", "pos", "limit")
+
+    def __init__(self, buf: bytes, pos: int, limit: int) -> None:
+        self.buf = buf
+        self.pos = pos
+        self.limit = limit
+
+    def take(self, n: int) -> bytes:
+        end = self.pos + n
+        if end > self.limit:
+            raise _Invalid()
+        if end > len(self.buf):
+            raise _Short()
+        chunk = self.buf[self.pos : end]
+        self.pos = end
+        return chunk
+
+    def take_rest(self) -> bytes:
+        return self.take(self.limit - self.pos)
+
+    def uint(self, size: int) -> int:
+        return int.from_bytes(self.take(size), "big")
+
+    def vector(self, length_size: int, minimum: int = 0) -> _Reader:
+        """The body of a C{<minimum..2^(8*length_size)-1>} vector."""
+        n = self.uint(length_size)
+        if n < minimum:
+            raise _Invalid()
+        end = self.pos + n
+        if end > self.limit:
+            raise _Invalid()
+        sub = _Reader(self.buf, self.pos, end)
+        self.pos = end
+        return sub
+
+    def at_end(self) -> bool:
+        return self.pos >= self.limit
+
+
+def _check_record_header(header: bytes) -> None:
+    """Reject a (possibly partial) record header that is not TLS handshake."""
+    if len(header) >= 1 and header[0] != CONTENT_TYPE_HANDSHAKE:
+        raise _Invalid()
+    # Major 3 excludes SSLv2-framed hellos, whose first byte is never 0x16
+    # anyway, and minor 0..4 covers SSL 3.0 to TLS 1.3.
+    if len(header) >= 2 and header[1] != 3:
+        raise _Invalid()
+    if len(header) >= 3 and header[2] > 4:
+        raise _Invalid()
+    if len(header) >= 5:
+        length = int.from_bytes(header[3:5], "big")
+        # Zero-length handshake fragments are forbidden (RFC 8446 5.1).
+        if length == 0 or length > MAX_RECORD_LENGTH:
+            raise _Invalid()
+
+
+def _reassemble(data: bytes) -> tuple[bytes, int]:
+    """
+    Join the handshake records' payloads until they hold the whole hello.
+
+    @return: the handshake bytes available (possibly fewer than needed) and
+        the offset in C{data} just past the last record used.
+    """
+    pos = 0
+    handshake = b""
+    while True:
+        header = data[pos : pos + 5]
+        _check_record_header(header)
+        if len(header) < 5:
+            return handshake, pos
+        length = int.from_bytes(header[3:5], "big")
+        handshake += data[pos + 5 : pos + 5 + length]
+        pos = min(pos + 5 + length, len(data))
+        if len(handshake) >= 4:
+            needed = 4 + int.from_bytes(handshake[1:4], "big")
+            if len(handshake) >= needed:
+                return handshake, pos
+        if pos == len(data):
+            return handshake, pos
+
+
+def _parse_server_name(body: _Reader) -> Optional[str]:
+    names = body.vector(2, minimum=1)
+    if not body.at_end():
+        raise _Invalid()
+    host_name: Optional[str] = None
+    while not names.at_end():
+        name_type = names.uint(1)
+        name = names.vector(2, minimum=1).take_rest()
+        if name_type == _NAME_TYPE_HOST_NAME and host_name is None:
+            # RFC 6066: ASCII, and a NUL would let "a.com\0.b.com" fool a
+            # suffix check somewhere downstream.
+            if not name.isascii() or b"\0" in name:
+                raise _Invalid()
+            host_name = name.decode("ascii")
+    return host_name
+
+
+def _parse_alpn(body: _Reader) -> tuple[str, ...]:
+    names = body.vector(2, minimum=2)
+    if not body.at_end():
+        raise _Invalid()
+    protocols = []
+    while not names.at_end():
+        name = names.vector(1, minimum=1).take_rest()
+        protocols.append(name.decode("ascii", "backslashreplace"))
+    return tuple(protocols)
+
+
+def _parse_supported_versions(body: _Reader) -> tuple[int, ...]:
+    versions = body.vector(1, minimum=2)
+    if not body.at_end() or (versions.limit - versions.pos) % 2:
+        raise _Invalid()
+    offered = []
+    while not versions.at_end():
+        version = versions.uint(2)
+        # GREASE values (RFC 8701) are 0x?A?A and mean nothing.
+        if version & 0x0F0F != 0x0A0A:
+            offered.append(version)
+    return tuple(offered)
+
+
+def _parse_hello(handshake: bytes, length: int) -> ClientHello:
+    reader = _Reader(handshake, 0, 4)
+    if reader.uint(1) != HANDSHAKE_CLIENT_HELLO:
+        raise _Invalid()
+    hello_length = reader.uint(3)
+    if not _MIN_HELLO_LENGTH <= hello_length <= MAX_HELLO_LENGTH:
+        raise _Invalid()
+    body = _Reader(handshake, 4, 4 + hello_length)
+
+    legacy_version = body.uint(2)
+    if legacy_version >> 8 != 3:
+        raise _Invalid()
+    body.take(32)
+    session_id = body.vector(1).take_rest()
+    if len(session_id) > 32:
+        raise _Invalid()
+    suites = body.vector(2, minimum=2)
+    if (suites.limit - suites.pos) % 2:
+        raise _Invalid()
+    cipher_suites = []
+    while not suites.at_end():
+        cipher_suites.append(suites.uint(2))
+    compression_methods = body.vector(1, minimum=1).take_rest()
+
+    extensions: list[tuple[int, bytes]] = []
+    sni: Optional[str] = None
+    alpn: tuple[str, ...] = ()
+    versions: tuple[int, ...] = (legacy_version,)
+    # Hellos without extensions (SSL 3.0 era) simply end here.
+    if not body.at_end():
+        block = body.vector(2)
+        if not body.at_end():
+            raise _Invalid()
+        seen = set()
+        while not block.at_end():
+            ext_type = block.uint(2)
+            ext = block.vector(2)
+            ext_data = ext.take_rest()
+            if ext_type in seen:
+                raise _Invalid()  # RFC 8446 4.2: at most one of each type
+            seen.add(ext_type)
+            extensions.append((ext_type, ext_data))
+            inner = _Reader(ext_data, 0, len(ext_data))
+            if ext_type == EXT_SERVER_NAME:
+                sni = _parse_server_name(inner)
+            elif ext_type == EXT_ALPN:
+                alpn = _parse_alpn(inner)
+            elif ext_type == EXT_SUPPORTED_VERSIONS:
+                versions = _parse_supported_versions(inner) or versions
+
+    return ClientHello(
+        legacy_version=legacy_version,
+        session_id=session_id,
+        cipher_suites=tuple(cipher_suites),
+        compression_methods=compression_methods,
+        extensions=tuple(extensions),
+        sni=sni,
+        alpn=alpn,
+        versions=versions,
+        length=length,
+    )
+
+
+@functools.lru_cache(maxsize=64)
+def _parse_cached(data: bytes) -> Union[ClientHello, Verdict]:
+    # Several routes usually ask about the same buffer; bytes cache their
+    # hash, so a hit costs one dictionary lookup.
+    try:
+        handshake, length = _reassemble(data)
+        return _parse_hello(handshake, length)
+    except _Short:
+        return NEED_MORE
+    except _Invalid:
+        return NO
+
+
+def parse_client_hello(data: bytes) -> Union[ClientHello, Verdict]:
+    """
+    Parse the TLS ClientHello at the start of C{data}.
+
+    @param data: every byte the client sent so far.
+    @return: a L{ClientHello} once complete; L{NEED_MORE} while C{data} is
+        a valid prefix of one; L{NO} when it cannot become one. Bytes after
+        the hello are ignored. Never raises.
+    """
+    if data[:1] != b"\x16":
+        # The common non-TLS case: answer without touching the cache, so
+        # HTTP or SSH openings do not evict hellos other routes still want.
+        return NEED_MORE if not data else NO
+    return _parse_cached(bytes(data))
+
+
+@implementer(IMatcher)
+@attr.s(frozen=True, slots=True, auto_attribs=True)
+class TLSMatcher:
+    """A compiled C{tls} route condition."""
+
+    sni: Optional[NamePredicate] = None
+    no_sni: bool = False
+    alpn: Optional[frozenset[str]] = None
+    min_version: int = 0
+
+    def match(self, data: bytes, facts: Mapping[str, Any]) -> MatchResult:
+        hello = parse_client_hello(data)
+        if not isinstance(hello, ClientHello):
+            return hello
+        if not self._name_ok(hello.sni):
+            return NO
+        if self.alpn is not None and self.alpn.isdisjoint(hello.alpn):
+            return NO
+        if hello.highest_version < self.min_version:
+            return NO
+        found: dict[str, Any] = {"tls_version": version_name(hello.highest_version)}
+        if hello.sni is not None:
+            found["sni"] = hello.sni
+        if hello.alpn:
+            found["alpn"] = list(hello.alpn)
+        if hello.extensions:
+            found["first_extension"] = hello.extensions[0][0]
+        return Match(facts=found)
+
+    def _name_ok(self, sni: Optional[str]) -> bool:
+        if sni is None:
+            # Without an sni condition a nameless hello is fine; with one it
+            # needs no_sni to be let through.
+            return self.no_sni or self.sni is None
+        if self.sni is None:
+            return not self.no_sni
+        return self.sni(sni)
+
+
+@implementer(IMatcherFactory)
+class TLSMatcherFactory:
+    """Builds L{TLSMatcher}s from route options."""
+
+    name = "tls"
+    description = "TLS ClientHello; conditions on SNI, ALPN and version"
+
+    def build(self, options: Mapping[str, Any]) -> TLSMatcher:
+        opts = Options(options, ("sni", "no_sni", "alpn", "min_version"))
+        alpn = opts.texts("alpn")
+        if alpn is not None:
+            for protocol in alpn:
+                if len(protocol.encode("utf-8")) > 255:
+                    raise MatcherConfigError("alpn", f"{protocol!r} is longer than 255 bytes")
+        min_version = opts.text("min_version")
+        if min_version is not None and min_version not in _VERSIONS:
+            raise MatcherConfigError(
+                "min_version",
+                f"unknown version {min_version!r}; expected one of "
+                + ", ".join(repr(v) for v in _VERSIONS),
+            )
+        return TLSMatcher(
+            sni=opts.names("sni"),
+            no_sni=opts.flag("no_sni"),
+            alpn=frozenset(alpn) if alpn is not None else None,
+            min_version=_VERSIONS[min_version] if min_version else 0,
+        )

@@ -1,0 +1,116 @@
+"""Blocking traffic over loopback: a digest backend and the client that checks it.
+
+The backend sends ``n`` deterministic pseudo-random bytes, reads until the
+client's end of stream, then answers the SHA-256 of everything it read and
+closes. The client sends its own bytes, shuts down its write side and reads
+to the end. Both directions, the half-close and the integrity of every byte
+are checked by one exchange, the way a real transfer would fail.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import socket
+import socketserver
+import struct
+import threading
+from typing import Any
+
+LOCALHOST = "127.0.0.1"
+MAGIC = b"DGST"  # the opening, so routes can match this traffic (regex ^DGST)
+
+
+def payload(seed: int, n: int) -> bytes:
+    return random.Random(seed).randbytes(n)
+
+
+class _DigestHandler(socketserver.BaseRequestHandler):
+    def handle(self) -> None:
+        sock: socket.socket = self.request
+        sock.settimeout(60)
+        # The client says how much it wants back, so each connection moves
+        # its own amount.
+        header = _recv_exact(sock, len(MAGIC) + 8)
+        seed, n = struct.unpack("!II", header[len(MAGIC):])
+        writer = threading.Thread(target=sock.sendall, args=(payload(seed, n),))
+        writer.start()
+        digest = hashlib.sha256(header)
+        while True:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            digest.update(chunk)
+        writer.join()
+        sock.sendall(digest.digest())
+        sock.close()
+
+
+class _Server(socketserver.ThreadingTCPServer):
+    allow_reuse_address = True
+    daemon_threads = True
+    request_queue_size = 256
+
+
+class DigestServer:
+    """A threaded backend on 127.0.0.1; ``stop`` closes it."""
+
+    def __init__(self) -> None:
+        self.server = _Server((LOCALHOST, 0), _DigestHandler)
+        self.port = self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def _recv_exact(sock: socket.socket, n: int) -> bytes:
+    data = b""
+    while len(data) < n:
+        chunk = sock.recv(n - len(data))
+        if not chunk:
+            raise ConnectionError(f"closed after {len(data)} of {n} bytes")
+        data += chunk
+    return data
+
+
+def recv_all(sock: socket.socket) -> bytes:
+    parts = []
+    while True:
+        chunk = sock.recv(65536)
+        if not chunk:
+            return b"".join(parts)
+        parts.append(chunk)
+
+
+def exchange(port: int, send: int, receive: int, seed: int = 1, host: str = LOCALHOST,
+             timeout: float = 60) -> dict[str, Any]:
+    """One checked transfer through whatever listens on ``port``.
+
+    Sends a 12-byte request header (``DGST``, seed, size wanted) and
+    ``send`` random bytes, half-closes, and reads the ``receive``
+    bytes and the digest. Returns what was seen; raises AssertionError on
+    any mismatch.
+    """
+    sock = socket.create_connection((host, port), timeout=timeout)
+    try:
+        mine = MAGIC + struct.pack("!II", seed, receive) + payload(seed + 1, send)
+
+        def write() -> None:
+            sock.sendall(mine)
+            sock.shutdown(socket.SHUT_WR)
+
+        writer = threading.Thread(target=write)
+        writer.start()
+        got = recv_all(sock)
+        writer.join()
+    finally:
+        sock.close()
+    expected_body = payload(seed, receive)
+    if got[:receive] != expected_body:
+        raise AssertionError(f"body differs (got {len(got)} bytes, wanted {receive}+32)")
+    if got[receive:] != hashlib.sha256(mine).digest():
+        raise AssertionError("the backend's digest of what we sent does not match")
+    return {"sent": len(mine), "received": len(got)}
