@@ -6,6 +6,7 @@ import enum
 from typing import Any, Mapping, Union
 
 import attr
+from twisted.plugin import IPlugin
 from zope.interface import Attribute, Interface
 
 
@@ -67,10 +68,11 @@ class IMatcher(Interface):
         """
 
 
-class IMatcherFactory(Interface):
+class IMatcherFactory(IPlugin):
     """
     A matcher plugin: drop a module providing one into any installed
     C{twisted/plugins/} folder and name it in a route's C{match} key.
+    It extends IPlugin, so implementing it is all Twisted's plugin finder needs.
     """
 
     name = Attribute("The name routes use in their C{match} key, e.g. 'tls'.")

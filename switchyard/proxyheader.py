@@ -87,7 +87,7 @@ def _unmap(endpoint: _Endpoint) -> _Endpoint:
 def _pair(
     source: Optional[IAddress], destination: Optional[IAddress]
 ) -> Optional[Tuple[_Endpoint, _Endpoint]]:
-    """Both endpoints, IPv4-mapped ones unmapped, or None if either is not IP."""
+    """Both endpoints, IPv4-mapped ones unmapped; None if either is not IP."""
     src = _endpoint(source)
     dst = _endpoint(destination)
     if src is None or dst is None:
@@ -95,7 +95,9 @@ def _pair(
     return (_unmap(src), _unmap(dst))
 
 
-def build_v1(source: Optional[IAddress], destination: Optional[IAddress]) -> bytes:
+def build_v1(
+    source: Optional[IAddress], destination: Optional[IAddress]
+) -> bytes:
     """Build a PROXY protocol version 1 line.
 
     @param source: the client's address (the peer switchyard accepted).
@@ -129,7 +131,7 @@ def _encode_tlvs(tlvs: Iterable[Tuple[int, bytes]]) -> bytes:
         if isinstance(tlv_type, bool) or not isinstance(tlv_type, int):
             raise TypeError(f"TLV type must be an int, not {tlv_type!r}")
         if not 0 <= tlv_type <= 0xFF:
-            raise ValueError(f"TLV type {tlv_type:#x} does not fit in one byte")
+            raise ValueError(f"TLV type {tlv_type:#x} does not fit a byte")
         if not isinstance(value, (bytes, bytearray, memoryview)):
             raise TypeError(f"TLV {tlv_type:#04x} value must be bytes")
         value = bytes(value)
@@ -147,7 +149,7 @@ def build_v2(
     destination: Optional[IAddress],
     tlvs: Sequence[Tuple[int, bytes]] = (),
 ) -> bytes:
-    """Build a PROXY protocol version 2 header (command PROXY).
+    """Build a PROXY protocol version 2 header.
 
     @param source: the client's address.
     @param destination: the address the client connected to.
@@ -178,7 +180,8 @@ def build_v2(
                 d_ip = _as_ipv6(d_ip)
             fam_proto = _V2_FAMILY[s_ip.version] | transport
             command = _V2_VERSION_PROXY
-            block = s_ip.packed + d_ip.packed + struct.pack("!HH", s_port, d_port)
+            ports = struct.pack("!HH", s_port, d_port)
+            block = s_ip.packed + d_ip.packed + ports
     length = len(block) + len(tlv_bytes)
     if length > _MAX_U16:
         raise ValueError(

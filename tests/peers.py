@@ -30,7 +30,7 @@ API::
     start_sshd(testcase) -> SSHD     # SSHD(Running) + .ssh_command(port, *cmd)
     start_nginx(testcase, config_body, ports=None) -> Running   # + .ports
     start_haproxy(testcase, config_text, port) -> Running
-    make_ca(dirpath) -> CA           # CA.issue(names, path_prefix), CA.cert_path
+    make_ca(dirpath) -> CA      # CA.issue(names, path_prefix), CA.cert_path
 
 Quirks handled here (Debian 12, running as root):
 
@@ -57,7 +57,7 @@ import signal
 import socket
 import subprocess
 import time
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Mapping, Optional, Sequence, cast
 
 __all__ = [
     "CA",
@@ -131,6 +131,7 @@ class Running:
     @ivar workdir: its own folder: config, pid, logs, temp files.
     @ivar log_files: files whose text L{log_text} returns (stdout.log and
         stderr.log in workdir, plus any the recipe adds).
+    @ivar ports: named ports (filled by L{start_nginx}; empty otherwise).
     """
 
     def __init__(
@@ -144,6 +145,7 @@ class Running:
         self.port = port
         self.workdir = workdir
         self.log_files = list(log_files)
+        self.ports: dict[str, int] = {}
 
     def stop(self) -> None:
         """Stop the program and its children; safe to call more than once.
@@ -358,13 +360,13 @@ def start_sshd(testcase: Any) -> SSHD:
             "PrintLastLog no\n"
             "LogLevel VERBOSE\n"
         )
-    sshd = start_process(
+    sshd = cast(SSHD, start_process(
         testcase,
         [SSHD_BINARY, "-D", "-e", "-f", config],
         port,
         workdir,
         running_class=SSHD,
-    )
+    ))
     sshd.client_key = client_key
     sshd.host_key = host_key
     sshd.host_public_key = host_public_key
@@ -535,7 +537,8 @@ class CA:
         cert = (
             x509.CertificateBuilder()
             .subject_name(
-                x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0][:64])])
+                x509.Name([x509.NameAttribute(NameOID.COMMON_NAME,
+                                              names[0][:64])])
             )
             .issuer_name(self.cert.subject)
             .public_key(key.public_key())

@@ -174,7 +174,8 @@ class V1Tests(unittest.TestCase):
             (v4("1.2.3.4", 1), None),
             (None, v4("1.2.3.4", 1)),
             (v4("not-an-ip", 1), v4("1.2.3.4", 2)),
-            (IPv4Address("UDP", "1.2.3.4", 1), IPv4Address("UDP", "1.2.3.5", 2)),
+            (IPv4Address("UDP", "1.2.3.4", 1),
+             IPv4Address("UDP", "1.2.3.5", 2)),
         ]:
             self.assertEqual(build_v1(src, dst), b"PROXY UNKNOWN\r\n",
                              (src, dst))
@@ -231,12 +232,14 @@ class V2Tests(unittest.TestCase):
         for src, dst in [(None, None),
                          (UNIXAddress(b"/a"), UNIXAddress(b"/b")),
                          (v4("1.2.3.4", 1), None)]:
-            self.assertEqual(build_v2(src, dst), SIGNATURE + b"\x20\x00\x00\x00")
+            self.assertEqual(build_v2(src, dst),
+                             SIGNATURE + b"\x20\x00\x00\x00")
 
     def test_unspec_keeps_tlvs(self) -> None:
         header = build_v2(None, None, [(PP2_TYPE_AUTHORITY, b"example.org")])
         self.assertEqual(header,
-                         SIGNATURE + b"\x20\x00\x00\x0e\x02\x00\x0bexample.org")
+                         SIGNATURE + b"\x20\x00\x00\x0e"
+                         + b"\x02\x00\x0bexample.org")
 
     def test_tlvs_in_order(self) -> None:
         tlvs = [(0x01, b"h2"), (0x02, b"a.example"), (0xE0, b""),
@@ -402,7 +405,8 @@ def exchange(port: int, data: bytes) -> bytes:
 
 def http_body(response: bytes) -> str:
     head, _, body = response.partition(b"\r\n\r\n")
-    if not head.startswith(b"HTTP/1.") or b" 200 " not in head.split(b"\r\n")[0]:
+    status = head.split(b"\r\n")[0]
+    if not status.startswith(b"HTTP/1.") or b" 200 " not in status:
         raise AssertionError(f"not a 200 response: {response!r}")
     return body.decode("utf-8")
 
@@ -482,7 +486,8 @@ http {
             return 200 "$proxy_protocol_addr $proxy_protocol_port\\n";
         }
         location /server {
-            return 200 "${proxy_protocol_server_addr} $proxy_protocol_server_port\\n";
+            return 200
+                "${proxy_protocol_server_addr} $proxy_protocol_server_port\\n";
         }
     }
 }

@@ -17,7 +17,7 @@ from switchyard.interfaces import (
     MatcherConfigError,
     MatchResult,
 )
-from switchyard.matchers._names import Options
+from switchyard.matchers._names import Options, printable
 
 MAX_FACT_LENGTH = 64
 # Matching needs the bytes in the switch's buffer, whose cap is configurable;
@@ -62,7 +62,8 @@ class RegexMatcher:
         found = self.pattern.search(data)
         if found is None:
             return NO
-        return Match(facts={"regex": found.group(0).decode("latin-1")[:MAX_FACT_LENGTH]})
+        # Cut before escaping so the limit counts bytes of the opening.
+        return Match(facts={"regex": printable(found.group(0)[:MAX_FACT_LENGTH])})
 
 
 @implementer(IMatcherFactory)

@@ -18,7 +18,7 @@ from typing import Any, Mapping
 from zope.interface import implementer
 
 from switchyard.interfaces import NEED_MORE, NO, IMatcher, IMatcherFactory, Match, MatchResult
-from switchyard.matchers._names import Options
+from switchyard.matchers._names import Options, printable
 
 SSH_PREFIX = b"SSH-"
 MAX_IDENTIFICATION = 255
@@ -39,7 +39,7 @@ class SSHMatcher:
         else:
             line = data[:line_end]
         # The RFC wants CR LF but allows a bare LF from old software.
-        banner = line.removesuffix(b"\r").decode("ascii", "backslashreplace")
+        banner = printable(line.removesuffix(b"\r"))
         return Match(facts={"banner": banner})
 
 

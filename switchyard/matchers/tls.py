@@ -27,7 +27,7 @@ from switchyard.interfaces import (
     MatchResult,
     Verdict,
 )
-from switchyard.matchers._names import NamePredicate, Options
+from switchyard.matchers._names import NamePredicate, Options, printable
 
 CONTENT_TYPE_HANDSHAKE = 0x16
 HANDSHAKE_CLIENT_HELLO = 1
@@ -54,8 +54,10 @@ class ClientHello:
         supported_versions list without GREASE values when the extension is
         present, else just C{legacy_version}.
     @ivar sni: the first host_name in server_name, as sent; C{None} if none.
-    @ivar alpn: ALPN protocol names in the client's order (non-ASCII bytes
-        shown as C{\\xNN}); empty if the extension is absent.
+    @ivar alpn: ALPN protocol names in the client's order, as Latin-1 text
+        with non-printable bytes shown as C{\\xNN} (see
+        L{switchyard.matchers._names.printable}); empty if the extension is
+        absent.
     @ivar extensions: every extension as C{(type, data)}, in order.
     @ivar length: how many bytes of the opening the records carrying the
         hello take, so a caller can find what follows.
@@ -208,7 +210,7 @@ def _parse_alpn(body: _Reader) -> tuple[str, ...]:
     protocols = []
     while not names.at_end():
         name = names.vector(1, minimum=1).take_rest()
-        protocols.append(name.decode("ascii", "backslashreplace"))
+        protocols.append(printable(name))
     return tuple(protocols)
 
 

@@ -1,0 +1,292 @@
+"""One port in front of real sshd, nginx (TLS by SNI, HTTP by host and path), haproxy
+and a default backend, through the real `twistd -n switchyard`."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import os
+import random
+import re
+import socket
+import subprocess
+import time
+from twisted.trial import unittest
+
+from tests import traffic
+from tests.daemon import start_switchyard
+from tests.peers import free_port, make_ca, start_haproxy, start_nginx, start_sshd
+
+NGINX = """
+http {
+  server {
+    listen 127.0.0.1:{tls} ssl;
+    server_name a.example.com;
+    ssl_certificate {prefix}/a.crt; ssl_certificate_key {prefix}/a.key;
+    location / { return 200 "tls-a\\n"; }
+  }
+  server {
+    listen 127.0.0.1:{tls} ssl;
+    server_name *.wild.example.com;
+    ssl_certificate {prefix}/wild.crt; ssl_certificate_key {prefix}/wild.key;
+    location / { return 200 "tls-wild $ssl_server_name\\n"; }
+  }
+  server {
+    listen 127.0.0.1:{nosni} ssl default_server;
+    ssl_certificate {prefix}/ip.crt; ssl_certificate_key {prefix}/ip.key;
+    location / { return 200 "tls-nosni\\n"; }
+  }
+  server {
+    listen 127.0.0.1:{web};
+    location / { return 200 "web $host $request_uri\\n"; }
+  }
+  server {
+    listen 127.0.0.1:{api};
+    location / { return 200 "api $request_uri\\n"; }
+  }
+  server {
+    listen 127.0.0.1:{pp1} proxy_protocol;
+    location / { return 200 "pp $proxy_protocol_addr $proxy_protocol_port\\n"; }
+  }
+}
+"""
+
+HAPROXY = """
+global
+    log stdout format raw local0
+defaults
+    mode http
+    timeout connect 2s
+    timeout client 5s
+    timeout server 5s
+frontend pp_echo
+    bind 127.0.0.1:{port} accept-proxy
+    http-request return status 200 content-type text/plain lf-string \
+"src=%[src] sport=%[src_port] authority=%[fc_pp_authority]\\n"
+"""
+
+CONFIG = """
+[listener.public]
+listen = "127.0.0.1:{port}"
+inspect_timeout = 1.5
+on_timeout = "sshd"
+
+[[listener.public.route]]
+name = "tls-named"
+match = "tls"
+sni = ["a.example.com", "*.wild.example.com"]
+to = "nginx_tls"
+
+[[listener.public.route]]
+name = "tls-nosni"
+match = "tls"
+no_sni = true
+to = "nginx_nosni"
+
+[[listener.public.route]]
+match = "ssh"
+to = "sshd"
+
+[[listener.public.route]]
+name = "api"
+match = "http"
+host = "web.example.com"
+path = "/api/"
+to = "api"
+
+[[listener.public.route]]
+name = "web"
+match = "http"
+host = ["web.example.com", "*.web.example.com"]
+to = "web"
+
+[[listener.public.route]]
+name = "pp1"
+match = "http"
+host = "pp1.example.com"
+to = "nginx_pp1"
+
+[[listener.public.route]]
+name = "pp2"
+match = "http"
+host = "pp2.example.com"
+to = "haproxy_pp2"
+
+[[listener.public.route]]
+name = "echo"
+match = "regex"
+pattern = "^ECHO"
+min_length = 4
+to = "echo"
+
+[[listener.public.route]]
+name = "default"
+match = "any"
+to = "digest"
+
+[backend.nginx_tls]
+servers = ["127.0.0.1:{tls}"]
+
+[backend.nginx_nosni]
+servers = ["127.0.0.1:{nosni}"]
+
+[backend.sshd]
+servers = ["tcp:host=127.0.0.1:port={sshd}"]
+
+[backend.api]
+servers = ["127.0.0.1:{api}"]
+
+[backend.web]
+servers = ["127.0.0.1:{dead}", "127.0.0.1:{web}"]
+
+[backend.nginx_pp1]
+servers = ["127.0.0.1:{pp1}"]
+proxy_protocol = "v1"
+
+[backend.haproxy_pp2]
+servers = ["127.0.0.1:{pp2}"]
+proxy_protocol = "v2"
+
+[backend.digest]
+servers = ["127.0.0.1:{digest}"]
+"""
+
+
+class OnePortTests(unittest.TestCase):
+    """Every protocol the first issue names, on one port, to real programs."""
+
+    timeout = 180
+
+    def setUp(self) -> None:
+        prefix_dir = os.path.abspath(self.mktemp())
+        os.makedirs(prefix_dir)
+        self.ca = make_ca(prefix_dir)
+        certs = {"a": ["a.example.com"], "wild": ["*.wild.example.com"], "ip": ["127.0.0.1"]}
+        self.nginx_ports = {"tls": free_port(), "nosni": free_port(), "web": free_port(),
+                            "api": free_port(), "pp1": free_port()}
+        for stem, names in certs.items():
+            self.ca.issue(names, os.path.join(prefix_dir, stem))
+        body = NGINX.replace("{prefix}", prefix_dir)
+        self.nginx = start_nginx(self, body, ports=self.nginx_ports)
+        self.sshd = start_sshd(self)
+        pp2 = free_port()
+        start_haproxy(self, HAPROXY.replace("{port}", str(pp2)), pp2)
+        self.digest = traffic.DigestServer()
+        self.addCleanup(self.digest.stop)
+        self.port = free_port()
+        values = {**self.nginx_ports, "sshd": self.sshd.port, "pp2": pp2, "port": self.port,
+                  "digest": self.digest.port, "dead": free_port()}
+        config = CONFIG
+        for k, v in values.items():
+            config = config.replace("{" + k + "}", str(v))
+        self.switchyard = start_switchyard(self, config, self.port)
+
+    def access_lines(self, wait_for: str = "", timeout: float = 5) -> str:
+        deadline = time.monotonic() + timeout
+        while True:
+            text = self.switchyard.log_text()
+            if wait_for in text or time.monotonic() > deadline:
+                return text
+            time.sleep(0.05)
+
+    def curl(self, url: str, *extra: str) -> str:
+        host = re.match(r"https?://([^:/]+)", url).group(1)  # type: ignore[union-attr]
+        out = subprocess.run(
+            ["curl", "-sS", "--max-time", "10", "--cacert", self.ca.cert_path,
+             "--resolve", f"{host}:{self.port}:127.0.0.1", *extra, url],
+            capture_output=True, text=True, timeout=30)
+        self.assertEqual(out.returncode, 0, out.stderr + self.switchyard.log_text())
+        return out.stdout
+
+    # -- TLS by SNI --------------------------------------------------------
+
+    def test_tlsExactSniReachesItsServer(self) -> None:
+        self.assertEqual(self.curl(f"https://a.example.com:{self.port}/"), "tls-a\n")
+        log = self.access_lines("route=")
+        self.assertRegex(log, r"public/tls-named -> 127\.0\.0\.1:\d+ facts\[.*sni=a\.example\.com")
+
+    def test_tlsWildcardSniReachesItsServer(self) -> None:
+        self.assertEqual(self.curl(f"https://x.wild.example.com:{self.port}/"),
+                         "tls-wild x.wild.example.com\n")
+
+    def test_tlsWithoutSniHasItsOwnRouteAndLogSaysSo(self) -> None:
+        # curl sends no SNI to an IP address.
+        self.assertEqual(self.curl(f"https://127.0.0.1:{self.port}/"), "tls-nosni\n")
+        self.assertRegex(self.access_lines("tls-nosni ->"), r"public/tls-nosni -> .*sni=none")
+
+    def test_tlsWithAlpnFromOpensslClient(self) -> None:
+        out = subprocess.run(
+            ["openssl", "s_client", "-quiet", "-connect", f"127.0.0.1:{self.port}",
+             "-servername", "a.example.com", "-alpn", "h2,http/1.1",
+             "-CAfile", self.ca.cert_path, "-verify_return_error"],
+            input=b"GET / HTTP/1.0\r\nHost: a.example.com\r\n\r\n", capture_output=True,
+            timeout=30)
+        self.assertIn(b"tls-a", out.stdout, out.stderr)
+        self.assertRegex(self.access_lines("alpn="), r"alpn=h2,http/1.1")
+
+    # -- SSH, HTTP ---------------------------------------------------------
+
+    def test_sshCommandRunsThroughTheSwitch(self) -> None:
+        out = subprocess.run(self.sshd.ssh_command(self.port, "echo", "through-switchyard"),
+                             capture_output=True, text=True, timeout=60)
+        self.assertEqual(out.stdout, "through-switchyard\n", out.stderr)
+        self.assertRegex(self.access_lines("/ssh"), r"public/ssh -> .*banner=SSH-2\.0-OpenSSH")
+
+    def test_httpRoutedByHostAndPathPrefix(self) -> None:
+        self.assertEqual(self.curl(f"http://web.example.com:{self.port}/api/v1?q=1"),
+                         "api /api/v1?q=1\n")
+        self.assertEqual(self.curl(f"http://web.example.com:{self.port}/index.html"),
+                         "web web.example.com /index.html\n")
+        self.assertEqual(self.curl(f"http://www.web.example.com:{self.port}/"),
+                         "web www.web.example.com /\n")
+
+    def test_firstServerDownSecondServes(self) -> None:
+        self.assertIn("web", self.curl(f"http://web.example.com:{self.port}/"))
+
+    # -- PROXY protocol to real consumers ----------------------------------
+
+    def test_nginxSeesRealClientThroughProxyV1(self) -> None:
+        client_port = free_port()
+        body = self.curl(f"http://pp1.example.com:{self.port}/", "--local-port", str(client_port))
+        self.assertEqual(body, f"pp 127.0.0.1 {client_port}\n")
+
+    def test_haproxySeesRealClientAndAuthorityThroughProxyV2(self) -> None:
+        client_port = free_port()
+        body = self.curl(f"http://pp2.example.com:{self.port}/", "--local-port", str(client_port))
+        self.assertEqual(body, f"src=127.0.0.1 sport={client_port} authority=pp2.example.com\n")
+
+    # -- built-in echo, the default route, timeouts ------------------------
+
+    def test_builtinEchoTarget(self) -> None:
+        data = b"ECHO " + random.randbytes(100_000)
+        with socket.create_connection(("127.0.0.1", self.port), timeout=10) as s:
+            s.sendall(data)
+            s.shutdown(socket.SHUT_WR)
+            self.assertEqual(traffic.recv_all(s), data)
+
+    def test_fiftyConcurrentTransfersKeepEveryByte(self) -> None:
+        rng = random.Random(2026)
+        jobs = [(rng.randint(1, 3_000_000), rng.randint(1, 3_000_000)) for _ in range(50)]
+        with concurrent.futures.ThreadPoolExecutor(50) as pool:
+            futures = [pool.submit(traffic.exchange, self.port, send, receive, seed)
+                       for seed, (send, receive) in enumerate(jobs)]
+            results = [f.result(timeout=120) for f in futures]
+        self.assertEqual(len(results), 50)
+        log = self.access_lines()
+        self.assertEqual(len(re.findall(r"public/default -> .* close=normal", log)), 50, log)
+
+    def test_silentClientReachesTheTimeoutRoute(self) -> None:
+        # SSH clients that wait for the server's banner send nothing: after
+        # inspect_timeout the on_timeout target (sshd) speaks first.
+        with socket.create_connection(("127.0.0.1", self.port), timeout=10) as s:
+            started = time.monotonic()
+            banner = s.recv(100)
+            waited = time.monotonic() - started
+        self.assertTrue(banner.startswith(b"SSH-2.0-OpenSSH"), banner)
+        self.assertGreater(waited, 1.0)
+        self.assertRegex(self.access_lines("on_timeout"), r"public/on_timeout -> tcp:host")
+
+    def test_garbageGoesToDefaultAndClosesCleanly(self) -> None:
+        # Anything unrecognised reaches the default route, PROXY-free and intact.
+        traffic.exchange(self.port, 10, 10)
+        self.assertIn("public/default", self.access_lines("public/default"))
+
