@@ -211,15 +211,19 @@ def _compile_backend(key: str, name: str, raw: Mapping[str, Any], reactor: Any) 
 _HOST_PORT = re.compile(r"^(?:\[(?P<v6>[0-9a-fA-F:.]+)\]|(?P<host>[^:\[\]]*)):(?P<port>\d{1,5})$")
 
 
+_ENDPOINT_TYPES = frozenset({"tcp", "tcp6", "unix", "ssl", "tls", "systemd", "tor", "onion"})
+
+
 def _split_host_port(value: str) -> tuple[str, int] | None:
     """``host:port`` / ``[v6]:port`` shorthand, or None for an endpoint string."""
     m = _HOST_PORT.match(value)
     if m is None:
         return None
+    host = m.group("v6") or m.group("host") or ""
     port = int(m.group("port"))
-    if not 0 < port < 65536:
+    if host.lower() in _ENDPOINT_TYPES or not 0 < port < 65536:
         return None
-    return (m.group("v6") or m.group("host") or ""), port
+    return host, port
 
 
 def _client_endpoint(key: str, value: Any, reactor: Any, timeout: float) -> IStreamClientEndpoint:
@@ -251,9 +255,10 @@ def _server_endpoint(key: str, value: str, reactor: Any) -> IStreamServerEndpoin
             try:
                 ip = ipaddress.ip_address(host)
             except ValueError:
-                raise ConfigError(key, f"{host!r} is not an IP address; use 'tcp:PORT:interface=IP'")
-            iface = str(ip).replace(":", "\\:")
-            value = f"tcp{'6' if ip.version == 6 else ''}:{port}:interface={iface}"
+                ip = None  # not an address: let the endpoint parser judge it
+            if ip is not None:
+                iface = str(ip).replace(":", "\\:")
+                value = f"tcp{'6' if ip.version == 6 else ''}:{port}:interface={iface}"
     elif value.isdigit():
         value = f"tcp:{value}"
     try:

@@ -16,7 +16,7 @@ import socket
 import subprocess
 import threading
 import time
-from typing import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import attr
 from hypothesis import strategies as st

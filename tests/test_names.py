@@ -82,7 +82,9 @@ class RegexPatternTests(TestCase):
         self.assertFalse(matches("api12.example.net.evil"))
 
     def test_regexIsCaseInsensitive(self) -> None:
-        self.assertTrue(compile_name_patterns("sni", "~api[0-9]+\\.example\\.net")("API7.Example.NET"))
+        self.assertTrue(
+            compile_name_patterns("sni", "~api[0-9]+\\.example\\.net")("API7.Example.NET")
+        )
 
     def test_regexDoesNotSeeTrailingDot(self) -> None:
         self.assertTrue(compile_name_patterns("sni", r"~^api\.example\.net$")("api.example.net."))
@@ -90,7 +92,9 @@ class RegexPatternTests(TestCase):
     def test_badRegexNamesOptionAndProblem(self) -> None:
         e = self.assertRaises(MatcherConfigError, compile_name_patterns, "sni", "~(")
         self.assertEqual(e.key, "sni")
-        self.assertEqual(str(e), "sni: bad regex '~(': missing ), unterminated subpattern at position 0")
+        self.assertEqual(
+            str(e), "sni: bad regex '~(': missing ), unterminated subpattern at position 0"
+        )
 
 
 class PatternListTests(TestCase):
@@ -157,7 +161,9 @@ class OptionsTests(TestCase):
             self.assertIn(problem, e.problem)
 
     def test_requiredTextMissing(self) -> None:
-        e = self.assertRaises(MatcherConfigError, Options({}, ("pattern",)).text, "pattern", required=True)
+        e = self.assertRaises(
+            MatcherConfigError, Options({}, ("pattern",)).text, "pattern", required=True
+        )
         self.assertEqual(e.key, "pattern")
         self.assertEqual(e.problem, "required option is missing")
 

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import re
-from typing import Any, Callable, Collection, Mapping, Optional, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
+from typing import Any
 
 from switchyard.interfaces import MatcherConfigError
 
@@ -170,13 +171,13 @@ class Options:
                 raise MatcherConfigError(str(key), f"unknown option ({known})")
         self._options = options
 
-    def texts(self, key: str) -> Optional[tuple[str, ...]]:
+    def texts(self, key: str) -> tuple[str, ...] | None:
         """A string or list of strings, as a tuple; C{None} when absent."""
         if key not in self._options:
             return None
         return require_texts(key, self._options[key])
 
-    def text(self, key: str, *, required: bool = False) -> Optional[str]:
+    def text(self, key: str, *, required: bool = False) -> str | None:
         """A single string; C{None} when absent and not required."""
         if key not in self._options:
             if required:
@@ -187,7 +188,7 @@ class Options:
             raise MatcherConfigError(key, f"expected a string, got {_describe(value)}")
         return value
 
-    def names(self, key: str) -> Optional[NamePredicate]:
+    def names(self, key: str) -> NamePredicate | None:
         """Name patterns (see L{compile_name_patterns}); C{None} when absent."""
         patterns = self.texts(key)
         if patterns is None:
@@ -207,7 +208,5 @@ class Options:
         if isinstance(value, bool) or not isinstance(value, int):
             raise MatcherConfigError(key, f"expected an integer, got {_describe(value)}")
         if not minimum <= value <= maximum:
-            raise MatcherConfigError(
-                key, f"must be between {minimum} and {maximum}, got {value}"
-            )
+            raise MatcherConfigError(key, f"must be between {minimum} and {maximum}, got {value}")
         return value

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import functools
 import re
-from typing import Any, Mapping, Optional, Union
+from collections.abc import Mapping
+from typing import Any, Union
 
 import attr
 from zope.interface import implementer
@@ -60,7 +61,7 @@ _REG_NAME = re.compile(r"[A-Za-z0-9._~!$&'()*+,;=%\-]+")
 _IPV6 = re.compile(r"[0-9A-Fa-f:.]+")
 
 
-def split_authority(authority: str) -> Optional[str]:
+def split_authority(authority: str) -> str | None:
     """
     The host of an RFC 3986 authority (C{Host} header or absolute-form
     target): userinfo and port dropped, IPv6 brackets removed.
@@ -105,9 +106,9 @@ class RequestHead:
     version: str
     headers: tuple[tuple[str, str], ...]
     header_complete: bool
-    body_offset: Optional[int]
+    body_offset: int | None
 
-    def header(self, name: str) -> Optional[str]:
+    def header(self, name: str) -> str | None:
         """The value of the first field called C{name} (any case), or C{None}."""
         values = self.header_values(name)
         return values[0] if values else None
@@ -118,7 +119,7 @@ class RequestHead:
         return [value for key, value in self.headers if key == name]
 
     @property
-    def host(self) -> Optional[str]:
+    def host(self) -> str | None:
         """
         The host the request is for, without port: from an absolute-form
         target if there is one (RFC 9112 3.2.2), else from the one C{Host}
@@ -158,7 +159,7 @@ def _parse_cached(data: bytes) -> Union[RequestHead, Verdict]:
         return NO
 
     headers = []
-    body_offset: Optional[int] = None
+    body_offset: int | None = None
     pos = line_end + 2
     while True:
         end = data.find(b"\r\n", pos)
@@ -189,7 +190,7 @@ def _parse_cached(data: bytes) -> Union[RequestHead, Verdict]:
     )
 
 
-def parse_request_head(data: bytes) -> Union[RequestHead, Verdict]:
+def parse_request_head(data: bytes | bytearray | memoryview) -> Union[RequestHead, Verdict]:
     """
     Parse the HTTP/1.x request head at the start of C{data}.
 
@@ -214,9 +215,9 @@ def parse_request_head(data: bytes) -> Union[RequestHead, Verdict]:
 class HTTPMatcher:
     """A compiled C{http} route condition."""
 
-    host: Optional[NamePredicate] = None
-    paths: Optional[tuple[str, ...]] = None
-    methods: Optional[frozenset[str]] = None
+    host: NamePredicate | None = None
+    paths: tuple[str, ...] | None = None
+    methods: frozenset[str] | None = None
 
     def match(self, data: bytes, facts: Mapping[str, Any]) -> MatchResult:
         head = parse_request_head(data)

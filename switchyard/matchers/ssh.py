@@ -13,7 +13,8 @@ answer is NEED_MORE.
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from zope.interface import implementer
 

@@ -12,7 +12,8 @@ become one (NO).
 from __future__ import annotations
 
 import functools
-from typing import Any, Mapping, Optional, Union
+from collections.abc import Mapping
+from typing import Any, Union
 
 import attr
 from zope.interface import implementer
@@ -68,7 +69,7 @@ class ClientHello:
     cipher_suites: tuple[int, ...]
     compression_methods: bytes
     extensions: tuple[tuple[int, bytes], ...]
-    sni: Optional[str]
+    sni: str | None
     alpn: tuple[str, ...]
     versions: tuple[int, ...]
     length: int
@@ -169,28 +170,28 @@ def _reassemble(data: bytes) -> tuple[bytes, int]:
         the offset in C{data} just past the last record used.
     """
     pos = 0
-    handshake = b""
+    # A bytearray keeps joining linear when a client sends tiny records.
+    handshake = bytearray()
     while True:
         header = data[pos : pos + 5]
         _check_record_header(header)
         if len(header) < 5:
-            return handshake, pos
+            break
         length = int.from_bytes(header[3:5], "big")
         handshake += data[pos + 5 : pos + 5 + length]
         pos = min(pos + 5 + length, len(data))
-        if len(handshake) >= 4:
-            needed = 4 + int.from_bytes(handshake[1:4], "big")
-            if len(handshake) >= needed:
-                return handshake, pos
+        if len(handshake) >= 4 and len(handshake) >= 4 + int.from_bytes(handshake[1:4], "big"):
+            break
         if pos == len(data):
-            return handshake, pos
+            break
+    return bytes(handshake), pos
 
 
-def _parse_server_name(body: _Reader) -> Optional[str]:
+def _parse_server_name(body: _Reader) -> str | None:
     names = body.vector(2, minimum=1)
     if not body.at_end():
         raise _Invalid()
-    host_name: Optional[str] = None
+    host_name: str | None = None
     while not names.at_end():
         name_type = names.uint(1)
         name = names.vector(2, minimum=1).take_rest()
@@ -252,7 +253,7 @@ def _parse_hello(handshake: bytes, length: int) -> ClientHello:
     compression_methods = body.vector(1, minimum=1).take_rest()
 
     extensions: list[tuple[int, bytes]] = []
-    sni: Optional[str] = None
+    sni: str | None = None
     alpn: tuple[str, ...] = ()
     versions: tuple[int, ...] = (legacy_version,)
     # Hellos without extensions (SSL 3.0 era) simply end here.
@@ -303,7 +304,7 @@ def _parse_cached(data: bytes) -> Union[ClientHello, Verdict]:
         return NO
 
 
-def parse_client_hello(data: bytes) -> Union[ClientHello, Verdict]:
+def parse_client_hello(data: bytes | bytearray | memoryview) -> Union[ClientHello, Verdict]:
     """
     Parse the TLS ClientHello at the start of C{data}.
 
@@ -324,9 +325,9 @@ def parse_client_hello(data: bytes) -> Union[ClientHello, Verdict]:
 class TLSMatcher:
     """A compiled C{tls} route condition."""
 
-    sni: Optional[NamePredicate] = None
+    sni: NamePredicate | None = None
     no_sni: bool = False
-    alpn: Optional[frozenset[str]] = None
+    alpn: frozenset[str] | None = None
     min_version: int = 0
 
     def match(self, data: bytes, facts: Mapping[str, Any]) -> MatchResult:
@@ -348,7 +349,7 @@ class TLSMatcher:
             found["first_extension"] = hello.extensions[0][0]
         return Match(facts=found)
 
-    def _name_ok(self, sni: Optional[str]) -> bool:
+    def _name_ok(self, sni: str | None) -> bool:
         if sni is None:
             # Without an sni condition a nameless hello is fine; with one it
             # needs no_sni to be let through.

@@ -1,0 +1,199 @@
+"""Configs: examples stay valid; every mistake is named before anything listens."""
+
+from __future__ import annotations
+
+import glob
+import os
+import socket
+import tomllib
+from typing import Any
+
+from twisted.internet import reactor
+from twisted.trial import unittest
+
+from switchyard.config import ConfigError, compile_config, load
+from tests.daemon import REPO, run_twistd, write_config
+from tests.peers import free_port
+
+GOOD = """
+[listener.main]
+listen = "127.0.0.1:{port}"
+
+[[listener.main.route]]
+match = "tls"
+sni = "*.example.com"
+to = "web"
+
+[[listener.main.route]]
+match = "any"
+to = "echo"
+
+[backend.web]
+servers = ["127.0.0.1:8443"]
+"""
+
+
+def compile_text(text: str) -> Any:
+    return compile_config(tomllib.loads(text), reactor)
+
+
+class ExampleConfigTests(unittest.TestCase):
+    def test_everyExampleCompiles(self) -> None:
+        paths = sorted(glob.glob(os.path.join(REPO, "examples", "*.toml")))
+        self.assertGreaterEqual(len(paths), 2)
+        for path in paths:
+            config = load(path, reactor)
+            self.assertTrue(config.listeners, path)
+
+    def test_shareExampleHasTheRoutesItPromises(self) -> None:
+        config = load(os.path.join(REPO, "examples", "share-443.toml"), reactor)
+        [public] = config.listeners
+        self.assertEqual([r.name for r in public.routes],
+                         ["https", "https-no-sni", "ssh", "api", "web", "default"])
+        self.assertEqual(public.on_timeout.target.name, "sshd")
+        self.assertEqual(config.backends["nginx_https"].proxy_protocol, "v2")
+
+
+class ConfigErrorTests(unittest.TestCase):
+    """Each bad config raises ConfigError naming the key and the problem."""
+
+    def assertConfigError(self, text: str, key: str, problem: str) -> None:
+        with self.assertRaises(ConfigError) as caught:
+            compile_text(text)
+        self.assertEqual(caught.exception.key, key)
+        self.assertIn(problem, caught.exception.problem)
+
+    def test_defaultsApplied(self) -> None:
+        [listener] = compile_text(GOOD.format(port=1)).listeners
+        self.assertEqual((listener.inspect_timeout, listener.max_sniff_bytes), (5.0, 16384))
+        self.assertEqual([r.name for r in listener.routes], ["tls", "any"])
+
+    def test_unknownTopLevelKey(self) -> None:
+        self.assertConfigError(GOOD.format(port=1) + "\n[listeners.x]\n", "listeners",
+                               "unknown key")
+
+    def test_unknownListenerKey(self) -> None:
+        text = GOOD.format(port=1).replace('listen = ', 'inspect_delay = 3\nlisten = ')
+        self.assertConfigError(text, "listener.main.inspect_delay", "unknown key")
+
+    def test_unknownMatcherOption(self) -> None:
+        text = GOOD.format(port=1).replace('sni = ', 'snii = ')
+        self.assertConfigError(text, "listener.main.route[0].snii", "unknown")
+
+    def test_unknownMatcherName(self) -> None:
+        text = GOOD.format(port=1).replace('match = "any"', 'match = "telnet"')
+        self.assertConfigError(text, "listener.main.route[1].match", "unknown matcher 'telnet'")
+
+    def test_unknownBackendName(self) -> None:
+        text = GOOD.format(port=1).replace('to = "web"', 'to = "webb"')
+        self.assertConfigError(text, "listener.main.route[0].to", "unknown backend 'webb'")
+
+    def test_badServerEndpointString(self) -> None:
+        text = GOOD.format(port=1).replace('"127.0.0.1:8443"', '"tcp:host=x:port=notaport"')
+        self.assertConfigError(text, "backend.web.servers[0]", "bad endpoint")
+
+    def test_badListenEndpointString(self) -> None:
+        text = GOOD.format(port=1).replace('"127.0.0.1:1"', '"carrier-pigeon:9"')
+        self.assertConfigError(text, "listener.main.listen", "bad listen endpoint")
+
+    def test_badRegex(self) -> None:
+        text = GOOD.format(port=1).replace('sni = "*.example.com"', 'sni = "~(unclosed"')
+        self.assertConfigError(text, "listener.main.route[0].sni", "regex")
+
+    def test_badRegexMatcherPattern(self) -> None:
+        text = GOOD.format(port=1).replace('match = "any"', 'match = "regex"\npattern = "[z-a]"')
+        self.assertConfigError(text, "listener.main.route[1].pattern", "")
+
+    def test_badProxyProtocolVersion(self) -> None:
+        text = GOOD.format(port=1) + 'proxy_protocol = "v3"\n'
+        self.assertConfigError(text, "backend.web.proxy_protocol", "'v1' or 'v2'")
+
+    def test_nonPositiveTimeout(self) -> None:
+        text = GOOD.format(port=1).replace('listen = ', 'inspect_timeout = 0\nlisten = ')
+        self.assertConfigError(text, "listener.main.inspect_timeout", "positive")
+
+    def test_duplicateRouteName(self) -> None:
+        text = GOOD.format(port=1).replace('match = "any"', 'name = "x"\nmatch = "any"')
+        text = text.replace('match = "tls"', 'name = "x"\nmatch = "tls"')
+        self.assertConfigError(text, "listener.main.route[1].name", "used twice")
+
+    def test_listenerWithoutRoutes(self) -> None:
+        self.assertConfigError('[listener.a]\nlisten = "tcp:1"\n', "listener.a.route",
+                               "at least one")
+
+    def test_unknownOnTimeoutTarget(self) -> None:
+        text = GOOD.format(port=1).replace('listen = ', 'on_timeout = "smtp"\nlisten = ')
+        self.assertConfigError(text, "listener.main.on_timeout", "unknown backend 'smtp'")
+
+    def test_backendNamedLikeBuiltin(self) -> None:
+        text = GOOD.format(port=1) + '[backend.echo]\nservers = ["127.0.0.1:7"]\n'
+        self.assertConfigError(text, "backend.echo", "built-in")
+
+    def test_missingFile(self) -> None:
+        with self.assertRaises(ConfigError) as caught:
+            load("/nonexistent/switchyard.toml", reactor)
+        self.assertIn("does not exist", str(caught.exception))
+
+    def test_invalidToml(self) -> None:
+        path = write_config(self, "[listener.a\n")
+        with self.assertRaises(ConfigError) as caught:
+            load(path, reactor)
+        self.assertIn("not valid TOML", str(caught.exception))
+
+
+class CommandLineTests(unittest.TestCase):
+    """What a user sees from twistd itself."""
+
+    timeout = 120
+
+    def test_twistdListsSwitchyard(self) -> None:
+        out = run_twistd("--help")
+        self.assertEqual(out.returncode, 0, out.stderr)
+        self.assertRegex(out.stdout, r"switchyard\s+One TCP port, many protocols")
+
+    def test_switchyardHelpDocumentsEveryOption(self) -> None:
+        out = run_twistd("switchyard", "--help")
+        self.assertEqual(out.returncode, 0, out.stderr)
+        for option in ("--config=", "--check", "Validate the config"):
+            self.assertIn(option, out.stdout)
+
+    def test_checkAcceptsGoodConfigAndSummarises(self) -> None:
+        path = write_config(self, GOOD.format(port=free_port()))
+        out = run_twistd("switchyard", "--check", "--config", path)
+        self.assertEqual(out.returncode, 0, out.stderr)
+        self.assertIn("route tls: match tls -> web", out.stdout)
+        self.assertIn("config OK", out.stdout)
+
+    def test_checkRejectsBadConfigNamingKey(self) -> None:
+        path = write_config(self, GOOD.format(port=1).replace('to = "web"', 'to = "nope"'))
+        out = run_twistd("switchyard", "--check", "--config", path)
+        self.assertEqual(out.returncode, 1)
+        self.assertIn("listener.main.route[0].to: unknown backend 'nope'", out.stderr)
+        self.assertNotIn("Traceback", out.stderr + out.stdout)
+
+    def test_badConfigExitsBeforeListening(self) -> None:
+        port = free_port()
+        text = GOOD.format(port=port).replace('sni = "*.example.com"', 'sni = "~("')
+        path = write_config(self, text)
+        out = run_twistd("-n", "--pidfile=", "switchyard", "--config", path)
+        self.assertEqual(out.returncode, 1)
+        self.assertIn("listener.main.route[0].sni", out.stderr)
+        self.assertNotIn("Traceback", out.stderr + out.stdout)
+        # Nothing was left listening on the port.
+        with socket.socket() as s:
+            self.assertNotEqual(s.connect_ex(("127.0.0.1", port)), 0)
+
+    def test_missingConfigFileIsNamed(self) -> None:
+        out = run_twistd("switchyard", "--check", "--config", "/nonexistent/x.toml")
+        self.assertEqual(out.returncode, 1)
+        self.assertIn("/nonexistent/x.toml", out.stderr)
+        self.assertIn("does not exist", out.stderr)
+
+    def test_portInUseExitsNonZero(self) -> None:
+        with socket.socket() as busy:
+            busy.bind(("127.0.0.1", 0))
+            busy.listen(1)
+            path = write_config(self, GOOD.format(port=busy.getsockname()[1]))
+            out = run_twistd("-n", "--pidfile=", "switchyard", "--config", path, timeout=30)
+        self.assertNotEqual(out.returncode, 0)
+        self.assertIn("Address already in use", out.stdout + out.stderr)
