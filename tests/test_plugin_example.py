@@ -18,7 +18,14 @@ from hypothesis import strategies as st
 from twisted.trial.unittest import TestCase
 from zope.interface.verify import verifyObject
 
-from switchyard.interfaces import NEED_MORE, NO, IMatcher, IMatcherFactory, Match, MatcherConfigError
+from switchyard.interfaces import (
+    NEED_MORE,
+    NO,
+    IMatcher,
+    IMatcherFactory,
+    Match,
+    MatcherConfigError,
+)
 from tests.daemon import REPO, TWISTD, run_twistd, write_config
 from tests.peers import Running, free_port, start_process
 
@@ -188,6 +195,7 @@ class MatcherTests(TestCase):
         self.assertEqual(len(data), 2 + data[1], data)
         result = matcher().match(data, {})
         self.assertEqual(result, Match(facts={"socks_methods": list(data[2:])}))
+        assert isinstance(result, Match)
         self.assertIn(0, result.facts["socks_methods"])
 
     def test_curlGreetingOneByteAtATime(self) -> None:

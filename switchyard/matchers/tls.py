@@ -340,13 +340,13 @@ class TLSMatcher:
             return NO
         if hello.highest_version < self.min_version:
             return NO
-        found: dict[str, Any] = {"tls_version": version_name(hello.highest_version)}
-        if hello.sni is not None:
-            found["sni"] = hello.sni
+        # sni is always there, None when the client sent no name: the
+        # access log then says "sni=none", the answer to the classic
+        # "why did this old client get the default certificate?".
+        found: dict[str, Any] = {"sni": hello.sni,
+                                 "tls_version": version_name(hello.highest_version)}
         if hello.alpn:
             found["alpn"] = list(hello.alpn)
-        if hello.extensions:
-            found["first_extension"] = hello.extensions[0][0]
         return Match(facts=found)
 
     def _name_ok(self, sni: str | None) -> bool:

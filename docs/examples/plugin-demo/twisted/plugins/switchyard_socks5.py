@@ -12,7 +12,8 @@ Put this file in a twisted/plugins/ folder (never add an __init__.py there)
 and name it in a route:  match = "socks5".
 """
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from zope.interface import implementer
 
