@@ -5,7 +5,8 @@ from __future__ import annotations
 import ipaddress
 import re
 import tomllib
-from typing import Any, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import attr
 from twisted.internet.interfaces import IStreamClientEndpoint, IStreamServerEndpoint

@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import ipaddress
 import struct
-from typing import Any, Iterable, Mapping, Optional, Sequence, Tuple, Union
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, Union
 
 from twisted.internet.interfaces import IAddress
 
@@ -50,10 +51,10 @@ _V2_TRANSPORT = {"TCP": 0x01, "UDP": 0x02}
 _MAX_U16 = 0xFFFF
 
 _IP = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
-_Endpoint = Tuple[str, _IP, int]  # (transport, ip, port)
+_Endpoint = tuple[str, _IP, int]  # (transport, ip, port)
 
 
-def _endpoint(addr: Optional[IAddress]) -> Optional[_Endpoint]:
+def _endpoint(addr: IAddress | None) -> _Endpoint | None:
     """Return ``(transport, ip, port)`` for an IP address object, else None.
 
     Anything without an IP literal ``host`` and an integer ``port`` (UNIX
@@ -85,8 +86,8 @@ def _unmap(endpoint: _Endpoint) -> _Endpoint:
 
 
 def _pair(
-    source: Optional[IAddress], destination: Optional[IAddress]
-) -> Optional[Tuple[_Endpoint, _Endpoint]]:
+    source: IAddress | None, destination: IAddress | None
+) -> tuple[_Endpoint, _Endpoint] | None:
     """Both endpoints, IPv4-mapped ones unmapped; None if either is not IP."""
     src = _endpoint(source)
     dst = _endpoint(destination)
@@ -96,7 +97,7 @@ def _pair(
 
 
 def build_v1(
-    source: Optional[IAddress], destination: Optional[IAddress]
+    source: IAddress | None, destination: IAddress | None
 ) -> bytes:
     """Build a PROXY protocol version 1 line.
 
@@ -124,7 +125,7 @@ def build_v1(
     return line.encode("ascii")
 
 
-def _encode_tlvs(tlvs: Iterable[Tuple[int, bytes]]) -> bytes:
+def _encode_tlvs(tlvs: Iterable[tuple[int, bytes]]) -> bytes:
     """Serialise TLVs, checking each type fits a byte and value 65535 bytes."""
     out = []
     for tlv_type, value in tlvs:
@@ -145,9 +146,9 @@ def _encode_tlvs(tlvs: Iterable[Tuple[int, bytes]]) -> bytes:
 
 
 def build_v2(
-    source: Optional[IAddress],
-    destination: Optional[IAddress],
-    tlvs: Sequence[Tuple[int, bytes]] = (),
+    source: IAddress | None,
+    destination: IAddress | None,
+    tlvs: Sequence[tuple[int, bytes]] = (),
 ) -> bytes:
     """Build a PROXY protocol version 2 header.
 
@@ -228,8 +229,8 @@ def _encode_alpn(value: Any) -> bytes:
 
 def build_header(
     version: str,
-    source: Optional[IAddress],
-    destination: Optional[IAddress],
+    source: IAddress | None,
+    destination: IAddress | None,
     facts: Mapping[str, Any],
 ) -> bytes:
     """Build the header a route asks for, from a matcher's facts.

@@ -11,7 +11,8 @@ One path for every connection, whatever the listener or target:
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from twisted.internet import error
 from twisted.internet.interfaces import (
@@ -29,6 +30,8 @@ from switchyard.accesslog import emit_access_event
 from switchyard.config import Listener, Route
 from switchyard.interfaces import NEED_MORE, NO, IConnection, Match
 
+_CONNECTION_DONE = Failure(error.ConnectionDone())
+
 _SNIFFING, _CONNECTING, _RELAYING, _CLOSED = "sniffing", "connecting", "relaying", "closed"
 
 log = Logger(namespace="switchyard.switch")
@@ -43,7 +46,7 @@ class SwitchFactory(Factory):
         self.listener = listener
         self.reactor = reactor
 
-    def buildProtocol(self, addr: IAddress) -> SwitchProtocol:
+    def buildProtocol(self, addr: IAddress | None) -> SwitchProtocol:
         p = SwitchProtocol(self.listener, self.reactor)
         p.factory = self
         return p
@@ -61,6 +64,7 @@ class SwitchProtocol(Protocol):
     """The client side of one connection through a listener."""
 
     pending: Any = None  # a target's connect in progress, cancelled on close
+    transport: Any  # a TCP (or TLS) transport: producer, consumer, half-closeable
 
     def __init__(self, listener: Listener, reactor: Any) -> None:
         self.listener = listener
@@ -125,7 +129,7 @@ class SwitchProtocol(Protocol):
     def writeConnectionLost(self) -> None:
         pass
 
-    def connectionLost(self, reason: Failure = Failure(error.ConnectionDone())) -> None:
+    def connectionLost(self, reason: Failure = _CONNECTION_DONE) -> None:
         self._client_open = False
         if self.reason is None:
             if reason.check(error.ConnectionDone):

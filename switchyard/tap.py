@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+
 from twisted.application import service
 from twisted.application.internet import StreamServerEndpointService
 from twisted.logger import Logger

@@ -14,6 +14,8 @@ from zope.interface import implementer
 from switchyard.interfaces import IConnection, ITarget
 from switchyard.proxyheader import build_header
 
+_CONNECTION_DONE = Failure(error.ConnectionDone())
+
 
 @attr.s(frozen=True, slots=True, auto_attribs=True)
 class Server:
@@ -39,7 +41,7 @@ class _BackendProtocol(Protocol):
     def writeConnectionLost(self) -> None:
         pass
 
-    def connectionLost(self, reason: Failure = Failure(error.ConnectionDone())) -> None:
+    def connectionLost(self, reason: Failure = _CONNECTION_DONE) -> None:
         self.connection.peer_lost(reason)
 
 

@@ -57,7 +57,8 @@ import signal
 import socket
 import subprocess
 import time
-from typing import Any, Mapping, Optional, Sequence, cast
+from collections.abc import Mapping, Sequence
+from typing import Any, cast
 
 __all__ = [
     "CA",
@@ -97,7 +98,7 @@ def free_port() -> int:
 def wait_for_port(
     port: int,
     timeout: float = START_TIMEOUT,
-    process: Optional[subprocess.Popen] = None,
+    process: subprocess.Popen | None = None,
 ) -> None:
     """Block until 127.0.0.1:port accepts a TCP connection.
 
@@ -203,7 +204,7 @@ def start_process(
     argv: Sequence[str],
     port: int,
     workdir: str,
-    env: Optional[Mapping[str, str]] = None,
+    env: Mapping[str, str] | None = None,
     *,
     log_files: Sequence[str] = (),
     timeout: float = START_TIMEOUT,
@@ -386,7 +387,7 @@ _BLOCK = re.compile(r"^\s*(http|stream)\s*\{", re.MULTILINE)
 def start_nginx(
     testcase: Any,
     config_body: str,
-    ports: Optional[dict[str, int]] = None,
+    ports: dict[str, int] | None = None,
 ) -> Running:
     """Start nginx with the caller's C{http {...}} and/or C{stream {...}}.
 
@@ -533,7 +534,7 @@ class CA:
                 sans.append(x509.IPAddress(ipaddress.ip_address(name)))
             except ValueError:
                 sans.append(x509.DNSName(name))
-        now = datetime.datetime.now(datetime.timezone.utc)
+        now = datetime.datetime.now(datetime.UTC)
         cert = (
             x509.CertificateBuilder()
             .subject_name(
@@ -617,7 +618,7 @@ def make_ca(dirpath: str) -> CA:
     name = x509.Name([
         x509.NameAttribute(NameOID.COMMON_NAME, "switchyard test CA"),
     ])
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     cert = (
         x509.CertificateBuilder()
         .subject_name(name)

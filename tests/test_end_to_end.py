@@ -10,6 +10,7 @@ import re
 import socket
 import subprocess
 import time
+
 from twisted.trial import unittest
 
 from tests import traffic

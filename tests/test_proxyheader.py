@@ -14,7 +14,6 @@ from __future__ import annotations
 import os
 import socket
 import struct
-from typing import Optional
 
 from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 from twisted.protocols.haproxy._exceptions import InvalidProxyHeader
@@ -68,7 +67,7 @@ def split_v2(data: bytes) -> tuple[bytes, list[tuple[int, bytes]], bytes]:
     return header, tlvs, rest
 
 
-def canonical(addr) -> Optional[tuple[str, str, int]]:
+def canonical(addr) -> tuple[str, str, int] | None:
     """(class name, normalised host, port) for comparing parsed addresses."""
     import ipaddress
 
@@ -511,16 +510,16 @@ class NginxConsumerTests(unittest.TestCase):
     def test_v1(self) -> None:
         for name, src, dst, want_src, want_dst in PAIRS:
             header = build_v1(src, dst)
-            self.assertEqual(self.ask(header), "%s %d\n" % want_src, name)
-            self.assertEqual(self.ask(header, "/server"), "%s %d\n" % want_dst,
+            self.assertEqual(self.ask(header), "{} {}\n".format(*want_src), name)
+            self.assertEqual(self.ask(header, "/server"), "{} {}\n".format(*want_dst),
                              name)
 
     def test_v2(self) -> None:
         for name, src, dst, want_src, want_dst in PAIRS:
             header = build_header("v2", src, dst,
                                   {"sni": "n.example", "alpn": "http/1.1"})
-            self.assertEqual(self.ask(header), "%s %d\n" % want_src, name)
-            self.assertEqual(self.ask(header, "/server"), "%s %d\n" % want_dst,
+            self.assertEqual(self.ask(header), "{} {}\n".format(*want_src), name)
+            self.assertEqual(self.ask(header, "/server"), "{} {}\n".format(*want_dst),
                              name)
 
     def test_unknown_accepted(self) -> None:

@@ -156,7 +156,8 @@ class RelayTests(unittest.TestCase):
                 conn.close()
 
         threading.Thread(target=backend, daemon=True).start()
-        port = yield self.start("b", {"b": {"servers": [f"127.0.0.1:{listening.getsockname()[1]}"]}})
+        backend_address = f"127.0.0.1:{listening.getsockname()[1]}"
+        port = yield self.start("b", {"b": {"servers": [backend_address]}})
         client = socket.create_connection(("127.0.0.1", port))
         self.addCleanup(client.close)
         client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
