@@ -124,6 +124,20 @@ name = "default"
 match = "any"
 to = "digest"
 
+[listener.v6]
+listen = "[::1]:{port6}"
+
+[[listener.v6.route]]
+name = "pp1"
+match = "http"
+host = "pp1.example.com"
+to = "nginx_pp1"
+
+[[listener.v6.route]]
+name = "pp2"
+match = "http"
+to = "haproxy_pp2"
+
 [backend.nginx_tls]
 servers = ["127.0.0.1:{tls}"]
 
@@ -152,6 +166,12 @@ servers = ["127.0.0.1:{digest}"]
 """
 
 
+def _free_port6() -> int:
+    with socket.socket(socket.AF_INET6) as s:
+        s.bind(("::1", 0))
+        return int(s.getsockname()[1])
+
+
 class OnePortTests(unittest.TestCase):
     """Every protocol the first issue names, on one port, to real programs."""
 
@@ -174,7 +194,8 @@ class OnePortTests(unittest.TestCase):
         self.digest = traffic.DigestServer()
         self.addCleanup(self.digest.stop)
         self.port = free_port()
-        values = {**self.nginx_ports, "sshd": self.sshd.port, "pp2": pp2, "port": self.port,
+        self.port6 = _free_port6()
+        values = {"port6": self.port6, **self.nginx_ports, "sshd": self.sshd.port, "pp2": pp2, "port": self.port,
                   "digest": self.digest.port, "dead": free_port()}
         config = CONFIG
         for k, v in values.items():
@@ -254,6 +275,20 @@ class OnePortTests(unittest.TestCase):
         client_port = free_port()
         body = self.curl(f"http://pp2.example.com:{self.port}/", "--local-port", str(client_port))
         self.assertEqual(body, f"src=127.0.0.1 sport={client_port} authority=pp2.example.com\n")
+
+    def test_ipv6ClientAddressReachesNginxAndHaproxy(self) -> None:
+        for url, expected in [
+            ("http://pp1.example.com:{}/", "pp ::1 {}\n"),
+            ("http://pp2.example.com:{}/", "src=::1 sport={} authority=pp2.example.com\n"),
+        ]:
+            client_port = _free_port6()
+            expected = expected.format(client_port)
+            out = subprocess.run(
+                ["curl", "-sS", "--max-time", "10", "-6", "--local-port", str(client_port),
+                 "--resolve", f"{url.split('/')[2].split(':')[0]}:{self.port6}:[::1]",
+                 url.format(self.port6)],
+                capture_output=True, text=True, timeout=30)
+            self.assertEqual(out.stdout, expected, out.stderr + self.switchyard.log_text())
 
     # -- built-in echo, the default route, timeouts ------------------------
 

@@ -18,7 +18,7 @@ from typing import Any
 from zope.interface import implementer
 
 from switchyard.interfaces import NEED_MORE, NO, IMatcher, IMatcherFactory, Match, MatchResult
-from switchyard.matchers._names import Options
+from switchyard.matchers import Options
 
 NO_AUTH = 0x00
 
