@@ -40,13 +40,17 @@ class Match:
 MatchResult = Union[Match, Verdict]
 
 
-class MatcherConfigError(ValueError):
-    """A matcher's options are wrong: ``key`` names the option."""
+class OptionError(ValueError):
+    """An option is wrong: ``key`` names it, ``problem`` says what is wrong."""
 
     def __init__(self, key: str, problem: str) -> None:
         super().__init__(f"{key}: {problem}")
         self.key = key
         self.problem = problem
+
+
+MatcherConfigError = OptionError
+"""What a matcher's C{build} raises for a bad option (the same class)."""
 
 
 class IMatcher(Interface):

@@ -70,11 +70,11 @@ class ConfigErrorTests(unittest.TestCase):
 
     def test_unknownTopLevelKey(self) -> None:
         self.assertConfigError(GOOD.format(port=1) + "\n[listeners.x]\n", "listeners",
-                               "unknown key")
+                               "unknown option")
 
     def test_unknownListenerKey(self) -> None:
         text = GOOD.format(port=1).replace('listen = ', 'inspect_delay = 3\nlisten = ')
-        self.assertConfigError(text, "listener.main.inspect_delay", "unknown key")
+        self.assertConfigError(text, "listener.main.inspect_delay", "unknown option")
 
     def test_unknownMatcherOption(self) -> None:
         text = GOOD.format(port=1).replace('sni = ', 'snii = ')
@@ -106,11 +106,11 @@ class ConfigErrorTests(unittest.TestCase):
 
     def test_badProxyProtocolVersion(self) -> None:
         text = GOOD.format(port=1) + 'proxy_protocol = "v3"\n'
-        self.assertConfigError(text, "backend.web.proxy_protocol", "'v1' or 'v2'")
+        self.assertConfigError(text, "backend.web.proxy_protocol", "'none', 'v1', 'v2'")
 
     def test_nonPositiveTimeout(self) -> None:
         text = GOOD.format(port=1).replace('listen = ', 'inspect_timeout = 0\nlisten = ')
-        self.assertConfigError(text, "listener.main.inspect_timeout", "positive")
+        self.assertConfigError(text, "listener.main.inspect_timeout", "greater than 0")
 
     def test_duplicateRouteName(self) -> None:
         text = GOOD.format(port=1).replace('match = "any"', 'name = "x"\nmatch = "any"')
@@ -128,6 +128,20 @@ class ConfigErrorTests(unittest.TestCase):
     def test_backendNamedLikeBuiltin(self) -> None:
         text = GOOD.format(port=1) + '[backend.echo]\nservers = ["127.0.0.1:7"]\n'
         self.assertConfigError(text, "backend.echo", "built-in")
+
+    def test_responderTableNeedsAKnownKind(self) -> None:
+        text = GOOD.format(port=1) + '[responder.deny]\nkind = "teapot"\n'
+        self.assertConfigError(text, "responder.deny.kind", "must be one of echo, reject")
+
+    def test_responderOptionsAreChecked(self) -> None:
+        text = GOOD.format(port=1) + '[responder.deny]\nkind = "reject"\nreplay = "x"\n'
+        self.assertConfigError(text, "responder.deny.replay", "unknown option")
+
+    def test_responderTableIsATarget(self) -> None:
+        text = GOOD.format(port=1).replace('to = "echo"', 'to = "deny"')
+        config = compile_text(text + '[responder.deny]\nkind = "reject"\nreply = "no\\n"\n')
+        target = config.listeners[0].routes[1].target
+        self.assertEqual((target.name, target.reply), ("deny", b"no\n"))
 
     def test_missingFile(self) -> None:
         with self.assertRaises(ConfigError) as caught:

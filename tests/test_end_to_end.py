@@ -195,8 +195,8 @@ class OnePortTests(unittest.TestCase):
         self.addCleanup(self.digest.stop)
         self.port = free_port()
         self.port6 = _free_port6()
-        values = {"port6": self.port6, **self.nginx_ports, "sshd": self.sshd.port, "pp2": pp2, "port": self.port,
-                  "digest": self.digest.port, "dead": free_port()}
+        values = {**self.nginx_ports, "port6": self.port6, "sshd": self.sshd.port, "pp2": pp2,
+                  "port": self.port, "digest": self.digest.port, "dead": free_port()}
         config = CONFIG
         for k, v in values.items():
             config = config.replace("{" + k + "}", str(v))

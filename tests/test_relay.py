@@ -38,11 +38,12 @@ class RelayTests(unittest.TestCase):
 
     @defer.inlineCallbacks
     def start(self, to: str, backends: dict[str, Any] | None = None,
-              **listener: Any) -> Any:
+              responders: dict[str, Any] | None = None, **listener: Any) -> Any:
         raw = {
             "listener": {"t": {"listen": "tcp:0", "route": [
                 {"match": "scripted", "decide": matches_anything, "to": to}], **listener}},
             "backend": backends or {},
+            "responder": responders or {},
         }
         config = compile_config(raw, reactor, factories={"scripted": ScriptedFactory()})
         self.factory = _Capturing(config.listeners[0], reactor)
@@ -88,6 +89,27 @@ class RelayTests(unittest.TestCase):
         self.assertEqual(event["bytes_out"], seen["received"])
         self.assertEqual(event["server"], f"127.0.0.1:{backend.port}")
         self.assertEqual(event["reason"], "normal")
+
+    @defer.inlineCallbacks
+    def test_rejectResponderRepliesThenCloses(self) -> None:
+        port = yield self.start("deny", responders={"deny": {"kind": "reject",
+                                                             "reply": "go away\n"}})
+        got = yield threads.deferToThread(_send_and_read, port, b"hello")
+        self.assertEqual(got, b"go away\n")
+        [event] = yield self.wait_for_log()
+        self.assertEqual((event["reason"], event["server"], event["bytes_out"]),
+                         ("rejected", "deny", 8))
+
+    @defer.inlineCallbacks
+    def test_silentClientClosedAtInspectTimeout(self) -> None:
+        port = yield self.start("echo", inspect_timeout=0.5)
+        started = time.monotonic()
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+            got = yield threads.deferToThread(traffic.recv_all, s)
+        self.assertEqual(got, b"")
+        self.assertLess(time.monotonic() - started, 5)
+        [event] = yield self.wait_for_log()
+        self.assertEqual(event["reason"], "sniff_timeout")
 
     @defer.inlineCallbacks
     def test_refusedBackendClosesClientAndSaysWhy(self) -> None:

@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Collection, Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
 
 from switchyard.interfaces import MatcherConfigError
+
+# The option helpers live in switchyard.options; matchers import them from here.
+from switchyard.options import Options, require_texts
+
+__all__ = ["NamePredicate", "Options", "compile_name_patterns", "normalize_name",
+           "printable", "require_texts"]
 
 NamePredicate = Callable[[str], bool]
 
@@ -112,101 +117,3 @@ def compile_name_patterns(key: str, patterns: str | Sequence[str]) -> NamePredic
         return predicates[0]
     return lambda name: any(p(name) for p in predicates)
 
-
-def _describe(value: object) -> str:
-    """Name a value's type the way a TOML author thinks of it."""
-    kinds = [
-        (bool, "boolean"),
-        (int, "integer"),
-        (float, "float"),
-        (str, "string"),
-        (Mapping, "table"),
-        (list, "list"),
-        (tuple, "list"),
-    ]
-    for kind, name in kinds:
-        if isinstance(value, kind):
-            return f"{name} {value!r}"
-    return f"{type(value).__name__} {value!r}"
-
-
-def require_texts(key: str, value: object) -> tuple[str, ...]:
-    """
-    Check that an option is a non-empty string or a non-empty list of
-    non-empty strings, and return it as a tuple.
-    """
-    items = [value] if isinstance(value, str) else value
-    if not isinstance(items, (list, tuple)):
-        raise MatcherConfigError(
-            key, f"expected a string or a list of strings, got {_describe(value)}"
-        )
-    if not items:
-        raise MatcherConfigError(key, "expected at least one value, got an empty list")
-    for item in items:
-        if not isinstance(item, str):
-            raise MatcherConfigError(
-                key, f"expected a string or a list of strings, got {_describe(item)} in the list"
-            )
-        if not item:
-            raise MatcherConfigError(key, "empty string not allowed")
-    return tuple(items)
-
-
-class Options:
-    """
-    Checked, typed access to one route's matcher options.
-
-    Construction rejects option names the matcher does not know, so a typo
-    such as C{snl = "example.com"} fails at start-up instead of silently
-    widening the route.
-    """
-
-    def __init__(self, options: Mapping[str, Any], accepted: Collection[str]) -> None:
-        for key in options:
-            if key not in accepted:
-                if accepted:
-                    known = "accepted options: " + ", ".join(sorted(accepted))
-                else:
-                    known = "this matcher takes no options"
-                raise MatcherConfigError(str(key), f"unknown option ({known})")
-        self._options = options
-
-    def texts(self, key: str) -> tuple[str, ...] | None:
-        """A string or list of strings, as a tuple; C{None} when absent."""
-        if key not in self._options:
-            return None
-        return require_texts(key, self._options[key])
-
-    def text(self, key: str, *, required: bool = False) -> str | None:
-        """A single string; C{None} when absent and not required."""
-        if key not in self._options:
-            if required:
-                raise MatcherConfigError(key, "required option is missing")
-            return None
-        value = self._options[key]
-        if not isinstance(value, str):
-            raise MatcherConfigError(key, f"expected a string, got {_describe(value)}")
-        return value
-
-    def names(self, key: str) -> NamePredicate | None:
-        """Name patterns (see L{compile_name_patterns}); C{None} when absent."""
-        patterns = self.texts(key)
-        if patterns is None:
-            return None
-        return compile_name_patterns(key, patterns)
-
-    def flag(self, key: str, default: bool = False) -> bool:
-        """A boolean (TOML C{true}/C{false}, not a string or a number)."""
-        value = self._options.get(key, default)
-        if not isinstance(value, bool):
-            raise MatcherConfigError(key, f"expected true or false, got {_describe(value)}")
-        return value
-
-    def integer(self, key: str, default: int, *, minimum: int, maximum: int) -> int:
-        """An integer within [minimum, maximum]."""
-        value = self._options.get(key, default)
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise MatcherConfigError(key, f"expected an integer, got {_describe(value)}")
-        if not minimum <= value <= maximum:
-            raise MatcherConfigError(key, f"must be between {minimum} and {maximum}, got {value}")
-        return value

@@ -1,7 +1,8 @@
-"""Route targets: backends reached over endpoints, and built-in responders."""
+"""Backends: servers reached over endpoints, tried in order, behind one target."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import attr
@@ -11,7 +12,9 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from switchyard.interfaces import IConnection, ITarget
+from switchyard.endpoints import client_endpoint
+from switchyard.interfaces import IConnection, ITarget, OptionError
+from switchyard.options import Options
 from switchyard.proxyheader import build_header
 
 _CONNECTION_DONE = Failure(error.ConnectionDone())
@@ -105,59 +108,26 @@ class BackendTarget:
         d.addCallbacks(connected, failed)
 
 
-class _Loopback:
-    """The echo target's peer: what the client sends comes straight back."""
-
-    def __init__(self, connection: Any) -> None:
-        self.connection = connection
-        self.client = connection.transport
-        self.lost = False
-
-    def write(self, data: bytes) -> None:
-        self.connection.peer_data(data)
-
-    def writeSequence(self, data: list[bytes]) -> None:
-        self.connection.peer_data(b"".join(data))
-
-    def loseWriteConnection(self) -> None:
-        self.connection.peer_eof()
-
-    def loseConnection(self) -> None:
-        if not self.lost:
-            self.lost = True
-            self.connection.peer_lost(Failure(error.ConnectionDone()))
-
-    abortConnection = loseConnection
-
-    def registerProducer(self, producer: Any, streaming: bool) -> None:
-        # The client's transport feeds itself: its own write buffer
-        # pauses its reading.
-        self.client.registerProducer(producer, streaming)
-
-    def unregisterProducer(self) -> None:
-        self.client.unregisterProducer()
+_BACKEND_OPTIONS = ("servers", "proxy_protocol", "connect_timeout")
+DEFAULT_CONNECT_TIMEOUT = 5.0
 
 
-@implementer(ITarget)
-@attr.s(frozen=True, slots=True, auto_attribs=True)
-class EchoTarget:
-    """Send every byte back to the client: a smoke test for the whole path."""
-
-    name: str = "echo"
-
-    def attach(self, connection: IConnection) -> None:
-        connection.set_server("echo")
-        connection.splice(_Loopback(connection))
-
-
-@implementer(ITarget)
-@attr.s(frozen=True, slots=True, auto_attribs=True)
-class RejectTarget:
-    """Close the connection at once, after an optional fixed reply."""
-
-    name: str = "reject"
-    reply: bytes = b""
-
-    def attach(self, connection: IConnection) -> None:
-        connection.set_server("reject")
-        connection.close("rejected", reply=self.reply)
+def compile_backend(name: str, raw: Mapping[str, Any], reactor: Any) -> BackendTarget:
+    """A [backend.NAME] table as a target; raises OptionError naming the key."""
+    options = Options(raw, _BACKEND_OPTIONS)
+    connect_timeout = options.number("connect_timeout", DEFAULT_CONNECT_TIMEOUT)
+    servers = raw.get("servers")
+    if isinstance(servers, str):
+        servers = [servers]
+    if not isinstance(servers, list) or not servers:
+        raise OptionError("servers", "a non-empty list of servers is required")
+    pp = options.choice("proxy_protocol", "none", ("none", "v1", "v2"))
+    return BackendTarget(
+        name=name,
+        servers=tuple(
+            Server(description=s, endpoint=client_endpoint(f"servers[{i}]", s, reactor,
+                                                           connect_timeout))
+            for i, s in enumerate(servers)),
+        proxy_protocol=None if pp == "none" else pp,
+        connect_timeout=connect_timeout,
+    )
