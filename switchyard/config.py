@@ -15,6 +15,7 @@ from zope.interface import implementer
 from switchyard.backends import BackendTarget, compile_backend
 from switchyard.endpoints import server_endpoint
 from switchyard.interfaces import NO, IMatcher, IMatcherFactory, ITarget, OptionError
+from switchyard.networks import Network, access_rule, parse_networks
 from switchyard.options import Options
 from switchyard.responders import BUILTIN_RESPONDERS, compile_responder
 
@@ -22,7 +23,7 @@ DEFAULT_INSPECT_TIMEOUT = 5.0
 DEFAULT_MAX_SNIFF_BYTES = 16 * 1024
 DEFAULT_IDLE_TIMEOUT = 600.0
 
-ROUTE_KEYS = ("name", "match", "to")
+ROUTE_KEYS = ("name", "match", "to", "allow", "deny")
 
 T = TypeVar("T")
 
@@ -42,6 +43,7 @@ class Route:
     matcher: IMatcher
     match: str
     target: ITarget
+    admits: Callable[[str | None], bool] | None = None  # client-network rule
 
 
 @attr.s(frozen=True, slots=True, auto_attribs=True)
@@ -54,6 +56,7 @@ class Listener:
     max_sniff_bytes: int
     on_timeout: Route | None
     idle_timeout: float
+    accept_proxy: tuple[Network, ...] = ()  # trusted fronts that must send PROXY
 
 
 @attr.s(frozen=True, slots=True, auto_attribs=True)
@@ -124,7 +127,7 @@ def compile_config(
 
 
 _LISTENER_KEYS = ("listen", "route", "inspect_timeout", "max_sniff_bytes",
-                  "on_timeout", "idle_timeout")
+                  "on_timeout", "idle_timeout", "accept_proxy")
 
 
 def _compile_listener(key: str, name: str, raw: Mapping[str, Any],
@@ -154,6 +157,8 @@ def _compile_listener(key: str, name: str, raw: Mapping[str, Any],
             "max_sniff_bytes", DEFAULT_MAX_SNIFF_BYTES, minimum=1, maximum=1 << 24)),
         on_timeout=on_timeout,
         idle_timeout=_within(key, lambda: options.number("idle_timeout", DEFAULT_IDLE_TIMEOUT)),
+        accept_proxy=_within(key, lambda: parse_networks("accept_proxy", raw["accept_proxy"]))
+        if "accept_proxy" in raw else (),
     )
 
 
@@ -188,7 +193,10 @@ def _compile_route(key: str, raw: Any, targets: Mapping[str, ITarget],
         raise ConfigError(f"{key}.{e.key}", e.problem)
     except (TypeError, ValueError) as e:
         raise ConfigError(key, f"matcher {match!r}: {e}")
-    return Route(name=name, matcher=matcher, match=match, target=target)
+    networks = {k: _within(key, partial(parse_networks, k, raw[k]))
+                for k in ("allow", "deny") if k in raw}
+    return Route(name=name, matcher=matcher, match=match, target=target,
+                 admits=access_rule(networks.get("allow"), networks.get("deny")))
 
 
 def _target(key: str, name: str, targets: Mapping[str, ITarget]) -> ITarget:

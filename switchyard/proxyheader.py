@@ -259,3 +259,75 @@ def build_header(
     if authority:
         tlvs.append((PP2_TYPE_AUTHORITY, _encode_name(authority)))
     return build_v2(source, destination, tlvs)
+
+
+# -- reading an inbound header (from a trusted load balancer) ----------------
+
+_V1_PREFIX = b"PROXY "
+_V1_MAX = 107  # the longest v1 line the spec allows, CRLF included
+
+
+class BadProxyHeader(ValueError):
+    """The bytes from a trusted front are not a PROXY v1/v2 header."""
+
+
+def _normal(address: IAddress | None) -> IAddress | None:
+    """Compress IPv6 text and unmap ``::ffff:a.b.c.d``, like the accept side does."""
+    from twisted.internet.address import IPv4Address, IPv6Address
+
+    host = getattr(address, "host", None)
+    if host is None:
+        return address
+    ip = ipaddress.ip_address(host)
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    kind = "TCP" if getattr(address, "type", "TCP") == "TCP" else "UDP"
+    if ip.version == 4:
+        return IPv4Address(kind, str(ip), address.port)  # type: ignore[union-attr,arg-type]
+    return IPv6Address(kind, str(ip), address.port)  # type: ignore[union-attr,arg-type]
+
+
+def read_header(data: bytes) -> tuple[IAddress | None, IAddress | None, int] | None:
+    """
+    Read a PROXY v1 or v2 header at the start of ``data``.
+
+    @return: None while ``data`` is a valid prefix of a header (need more),
+        else C{(source, destination, length)}: the addresses it carries
+        (None, None for v1 UNKNOWN and v2 LOCAL: "use the real ones") and
+        how many bytes of ``data`` the header took.
+    @raise BadProxyHeader: ``data`` cannot start a header.
+    """
+    from twisted.protocols.haproxy._exceptions import (
+        InvalidNetworkProtocol,
+        InvalidProxyHeader,
+        MissingAddressData,
+    )
+    from twisted.protocols.haproxy._v1parser import V1Parser
+    from twisted.protocols.haproxy._v2parser import V2Parser
+
+    head = data[:len(V2_SIGNATURE)]
+    try:
+        if V2_SIGNATURE.startswith(head):
+            if len(data) < 16:
+                return None
+            length = 16 + struct.unpack("!H", data[14:16])[0]
+            if len(data) < length:
+                return None
+            info = V2Parser.parse(data[:length])
+        elif _V1_PREFIX.startswith(data[:len(_V1_PREFIX)]):
+            end = data.find(b"\r\n", 0, _V1_MAX)
+            if end < 0:
+                if len(data) >= _V1_MAX:
+                    raise BadProxyHeader("PROXY v1 line longer than 107 bytes")
+                return None
+            length = end + 2
+            if data.startswith(b"PROXY UNKNOWN"):
+                return None, None, length  # Twisted's parser wants more after UNKNOWN
+            info = V1Parser.parse(data[:length])
+        else:
+            raise BadProxyHeader("no PROXY v1 or v2 header from a trusted front")
+    except (InvalidProxyHeader, InvalidNetworkProtocol, MissingAddressData, ValueError) as e:
+        if isinstance(e, BadProxyHeader):
+            raise
+        raise BadProxyHeader(f"malformed PROXY header: {e.__class__.__name__}")
+    return _normal(info.source), _normal(info.destination), length

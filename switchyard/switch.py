@@ -2,6 +2,8 @@
 
 One path for every connection, whatever the listener or target:
 
+    PROXY      (listeners with accept_proxy, clients from a trusted front)
+               the PROXY v1/v2 header is read; its source becomes the client;
     SNIFFING   bytes are buffered and the routes asked in order;
     CONNECTING the route is chosen, the client is paused while the target
                gets ready (e.g. connects to a backend);
@@ -29,10 +31,15 @@ from zope.interface import implementer
 from switchyard.accesslog import emit_access_event
 from switchyard.config import Listener, Route
 from switchyard.interfaces import NEED_MORE, NO, IConnection, Match
+from switchyard.networks import contains
+from switchyard.proxyheader import BadProxyHeader, read_header
 
 _CONNECTION_DONE = Failure(error.ConnectionDone())
 
+_PROXY_HEADER = "proxy-header"
 _SNIFFING, _CONNECTING, _RELAYING, _CLOSED = "sniffing", "connecting", "relaying", "closed"
+# A v2 header may carry up to 64 KiB of TLVs; beyond that it is not one.
+_MAX_PROXY_HEADER = 16 + 65535
 
 log = Logger(namespace="switchyard.switch")
 
@@ -64,6 +71,7 @@ class SwitchProtocol(Protocol):
     """The client side of one connection through a listener."""
 
     pending: Any = None  # a target's connect in progress, cancelled on close
+    front_address: Any = None  # the trusted load balancer, when a PROXY header was read
     transport: Any  # a TCP (or TLS) transport: producer, consumer, half-closeable
 
     def __init__(self, listener: Listener, reactor: Any) -> None:
@@ -94,9 +102,10 @@ class SwitchProtocol(Protocol):
         self.started = self.reactor.seconds()
         self.client_address = self.transport.getPeer()
         self.local_address = self.transport.getHost()
-        self._listener_facts = {"listener": self.listener.name,
-                                **_address_facts(self.client_address)}
-        self.facts = self._listener_facts
+        self._set_client_facts()
+        if self.listener.accept_proxy and contains(self.listener.accept_proxy,
+                                                   getattr(self.client_address, "host", None)):
+            self.state = _PROXY_HEADER
         self._inspect_call = self.reactor.callLater(self.listener.inspect_timeout,
                                                     self._inspect_expired)
 
@@ -111,12 +120,44 @@ class SwitchProtocol(Protocol):
         elif self.state is _CONNECTING:
             # Read before the pause took effect: keep it with the opening.
             self.buffered += data
+        elif self.state is _PROXY_HEADER and not self.closing:
+            self.buffered += data
+            self._read_proxy_header()
+
+    def _set_client_facts(self) -> None:
+        self._listener_facts = {"listener": self.listener.name,
+                                **_address_facts(self.client_address)}
+        self.facts = self._listener_facts
+
+    def _read_proxy_header(self) -> None:
+        """From a trusted front the header is required; its source is the client."""
+        try:
+            header = read_header(self.buffered)
+        except BadProxyHeader as e:
+            self.close("bad_proxy_header", str(e))
+            return
+        if header is None:
+            if len(self.buffered) > _MAX_PROXY_HEADER:
+                self.close("bad_proxy_header", "no complete PROXY header")
+            return
+        source, destination, length = header
+        self.front_address = self.client_address
+        if source is not None:
+            self.client_address, self.local_address = source, destination
+            self._set_client_facts()
+        self.buffered = self.buffered[length:]
+        self.state = _SNIFFING
+        if self.buffered:
+            self._sniff(final=len(self.buffered) >= self.listener.max_sniff_bytes)
 
     def readConnectionLost(self) -> None:
         self._client_eof = True
         if self.closing:
             return
-        if self.state is _SNIFFING:
+        if self.state is _PROXY_HEADER:
+            self.close("bad_proxy_header" if self.buffered else "client_closed",
+                       "closed before a complete PROXY header")
+        elif self.state is _SNIFFING:
             if not self.buffered:
                 self.close("client_closed", "closed before sending anything")
                 return
@@ -175,6 +216,10 @@ class SwitchProtocol(Protocol):
 
     def _inspect_expired(self) -> None:
         self._inspect_call = None
+        if self.state is _PROXY_HEADER:
+            self.close("sniff_timeout", "no complete PROXY header from a trusted front "
+                       f"after {self.listener.inspect_timeout:g}s")
+            return
         if self.state is not _SNIFFING:
             return
         if self.listener.on_timeout is not None:
@@ -190,6 +235,11 @@ class SwitchProtocol(Protocol):
         self.route = route
         if facts:
             self.facts = {**self._listener_facts, **facts}
+        if route.admits is not None:
+            host = getattr(self.client_address, "host", None)
+            if not route.admits(host):
+                self.close("denied", f"client {host} is not allowed on route {route.name}")
+                return
         self.state = _CONNECTING
         self.transport.pauseProducing()
         try:

@@ -11,7 +11,9 @@ from twisted.trial import unittest
 from switchyard.config import Listener, Route
 from switchyard.interfaces import NEED_MORE, NO, Match, MatchResult
 from switchyard.switch import SwitchFactory
+from switchyard.networks import access_rule, parse_networks
 from tests.fakes import CapturedEvents, RecordingTarget, ScriptedMatcher, connect
+from tests.openings import vector
 
 
 def need(n: int, facts: dict[str, Any] | None = None) -> Callable[[bytes], MatchResult]:
@@ -34,7 +36,9 @@ def make_listener(routes: list[tuple[str, Callable[[bytes], MatchResult], Any]],
     return Listener(name="test", listen="tcp:0", endpoint=None, routes=compiled,
                     inspect_timeout=kw.get("inspect_timeout", 5.0),
                     max_sniff_bytes=kw.get("max_sniff_bytes", 16384),
-                    on_timeout=timeout_route, idle_timeout=kw.get("idle_timeout", 60.0))
+                    on_timeout=timeout_route, idle_timeout=kw.get("idle_timeout", 60.0),
+                    accept_proxy=parse_networks("accept_proxy", kw["accept_proxy"])
+                    if "accept_proxy" in kw else ())
 
 
 class SniffOrderTests(unittest.TestCase):
@@ -196,3 +200,104 @@ def _done() -> Any:
     from twisted.python.failure import Failure
 
     return Failure(ConnectionDone())
+
+
+def anything(data: bytes) -> MatchResult:
+    return Match({})
+
+
+class InboundProxyTests(unittest.TestCase):
+    """PROXY headers from trusted fronts only (the client here is 192.0.2.7)."""
+
+    def setUp(self) -> None:
+        self.reactor = MemoryReactorClock()
+        self.log = CapturedEvents(self)
+        self.target = RecordingTarget()
+
+    def switch(self, trusted: str) -> tuple[Any, Any]:
+        listener = make_listener([("any", anything, self.target)], accept_proxy=[trusted])
+        return connect(SwitchFactory(listener, self.reactor))
+
+    def test_trustedFrontsHeaderBecomesTheClient(self) -> None:
+        proto, _ = self.switch("192.0.2.0/24")
+        capture = vector("pp_v2_tcp6_haproxy.bin")
+        for i in range(len(capture)):  # one byte at a time
+            proto.dataReceived(capture[i:i + 1])
+        self.assertEqual(proto.client_address.host, "::1")
+        self.assertEqual(proto.client_address.port, 55182)
+        self.assertEqual(proto.front_address.host, "192.0.2.7")
+        # Only what followed the header reaches the target.
+        self.assertEqual(self.target.peers[0].value(), capture[52:])
+
+    def test_v1HeaderFromTrustedFront(self) -> None:
+        proto, _ = self.switch("192.0.2.7/32")
+        proto.dataReceived(b"PROXY TCP4 203.0.113.9 10.0.0.1 5555 443\r\nhello")
+        self.assertEqual((proto.client_address.host, proto.client_address.port),
+                         ("203.0.113.9", 5555))
+        self.assertEqual(proto.facts["client_host"], "203.0.113.9")
+        self.assertEqual(self.target.peers[0].value(), b"hello")
+
+    def test_localCommandKeepsTheRealAddress(self) -> None:
+        proto, _ = self.switch("192.0.2.0/24")
+        proto.dataReceived(vector("pp_v2_local_healthcheck_haproxy.bin") + b"x")
+        self.assertEqual(proto.client_address.host, "192.0.2.7")
+
+    def test_untrustedClientsHeaderIsOrdinaryBytes(self) -> None:
+        proto, _ = self.switch("10.0.0.0/8")
+        header = b"PROXY TCP4 203.0.113.9 10.0.0.1 5555 443\r\n"
+        proto.dataReceived(header + b"hello")
+        self.assertEqual(proto.client_address.host, "192.0.2.7")
+        self.assertEqual(self.target.peers[0].value(), header + b"hello")
+
+    def test_trustedFrontWithoutHeaderIsClosed(self) -> None:
+        proto, transport = self.switch("192.0.2.0/24")
+        proto.dataReceived(b"GET / HTTP/1.1\r\n")
+        self.assertTrue(transport.disconnecting)
+        self.assertEqual(self.target.attached, [])
+        proto.connectionLost()
+        self.assertEqual(self.log.events[0]["reason"], "bad_proxy_header")
+
+    def test_trustedFrontSilentUntilTimeout(self) -> None:
+        proto, transport = self.switch("192.0.2.0/24")
+        proto.dataReceived(b"PROXY TCP4 ")
+        self.reactor.advance(5)
+        self.assertTrue(transport.disconnecting)
+        proto.connectionLost()
+        self.assertEqual(self.log.events[0]["reason"], "sniff_timeout")
+
+
+class AccessRuleTests(unittest.TestCase):
+    def setUp(self) -> None:
+        self.reactor = MemoryReactorClock()
+        self.log = CapturedEvents(self)
+
+    def switch(self, allow: list[str] | None, deny: list[str] | None) -> tuple[Any, Any, Any]:
+        target = RecordingTarget()
+        rule = access_rule(allow and parse_networks("allow", allow),
+                           deny and parse_networks("deny", deny))
+        listener = make_listener([("ssh", anything, target)])
+        route = listener.routes[0]
+        import attr
+
+        listener = attr.evolve(listener, routes=(attr.evolve(route, admits=rule),))
+        proto, transport = connect(SwitchFactory(listener, self.reactor))
+        return proto, transport, target
+
+    def test_allowedNetworkReachesTarget(self) -> None:
+        proto, _, target = self.switch(["192.0.2.0/24"], None)
+        proto.dataReceived(b"x")
+        self.assertEqual(len(target.attached), 1)
+
+    def test_clientOutsideAllowListIsClosedAndLogged(self) -> None:
+        proto, transport, target = self.switch(["10.0.0.0/8"], None)
+        proto.dataReceived(b"x")
+        self.assertEqual(target.attached, [])
+        self.assertTrue(transport.disconnecting)
+        proto.connectionLost()
+        self.assertEqual(self.log.events[0]["reason"], "denied")
+        self.assertIn("192.0.2.7", self.log.events[0]["detail"])
+
+    def test_denyWinsOverAllow(self) -> None:
+        proto, transport, target = self.switch(["192.0.2.0/24"], ["192.0.2.7"])
+        proto.dataReceived(b"x")
+        self.assertEqual(target.attached, [])
