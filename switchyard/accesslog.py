@@ -9,7 +9,8 @@ from twisted.logger import Logger
 log = Logger(namespace="switchyard.access")
 
 # Facts every connection has; the access log shows the matcher's facts apart.
-_CONNECTION_FACTS = frozenset({"listener", "client", "client_host", "client_port"})
+_CONNECTION_FACTS = frozenset({"listener", "client", "client_host", "client_port",
+                               "tls_terminated"})
 
 ACCESS_FORMAT = (
     "{client} {listener}/{route} -> {server} facts[{facts_text}] "
@@ -50,7 +51,7 @@ def emit_access_event(connection: Any) -> None:
         ACCESS_FORMAT,
         switchyard_access=True,
         client=format_address(connection.client_address),
-        listener=connection.listener.name,
+        listener=connection.listener_label,
         route=route,
         server=connection.server or "-",
         facts=facts,

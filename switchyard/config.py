@@ -18,6 +18,7 @@ from switchyard.interfaces import NO, IMatcher, IMatcherFactory, ITarget, Option
 from switchyard.networks import Network, access_rule, parse_networks
 from switchyard.options import Options
 from switchyard.responders import BUILTIN_RESPONDERS, compile_responder
+from switchyard.tlsterm import compile_tls_target
 
 DEFAULT_INSPECT_TIMEOUT = 5.0
 DEFAULT_MAX_SNIFF_BYTES = 16 * 1024
@@ -49,8 +50,8 @@ class Route:
 @attr.s(frozen=True, slots=True, auto_attribs=True)
 class Listener:
     name: str
-    listen: str
-    endpoint: IStreamServerEndpoint
+    listen: str  # "" for a nested table (inside a TLS termination)
+    endpoint: IStreamServerEndpoint | None
     routes: tuple[Route, ...]
     inspect_timeout: float
     max_sniff_bytes: int
@@ -104,7 +105,7 @@ def compile_config(
 ) -> Config:
     if factories is None:
         factories = matcher_factories()
-    _within("", lambda: Options(raw, ("listener", "backend", "responder")))
+    _within("", lambda: Options(raw, ("listener", "backend", "responder", "tls")))
     targets: dict[str, ITarget] = dict(BUILTIN_RESPONDERS)
     backends: dict[str, BackendTarget] = {}
     for section in ("backend", "responder"):
@@ -118,25 +119,38 @@ def compile_config(
                 backends[name] = targets[name] = backend
             else:
                 targets[name] = _within(key, partial(compile_responder, name, table))
+    # TLS terminations come last: their nested routes may use any backend
+    # or responder (not another termination).
+    for name, table in _tables("tls", raw.get("tls", {})).items():
+        key = f"tls.{name}"
+        if name in targets:
+            raise ConfigError(key, f"{name!r} is already a target")
+        nested = partial(_compile_listener, key, name, targets=dict(targets),
+                         factories=factories, reactor=reactor)
+        targets[name] = _within(key, partial(compile_tls_target, name, table, nested))
     listeners_raw = _tables("listener", raw.get("listener"), required=True)
     listeners = tuple(
-        _compile_listener(f"listener.{name}", name, table, targets, factories, reactor)
+        _compile_listener(f"listener.{name}", name, table, targets=targets,
+                          factories=factories, reactor=reactor, nested=False)
         for name, table in listeners_raw.items()
     )
     return Config(path=path, listeners=listeners, backends=backends, targets=targets)
 
 
-_LISTENER_KEYS = ("listen", "route", "inspect_timeout", "max_sniff_bytes",
-                  "on_timeout", "idle_timeout", "accept_proxy")
+_NESTED_KEYS = ("route", "inspect_timeout", "max_sniff_bytes", "on_timeout", "idle_timeout")
+_LISTENER_KEYS = ("listen", "accept_proxy", *_NESTED_KEYS)
 
 
-def _compile_listener(key: str, name: str, raw: Mapping[str, Any],
+def _compile_listener(key: str, name: str, raw: Mapping[str, Any], *,
                       targets: Mapping[str, ITarget],
-                      factories: Mapping[str, IMatcherFactory], reactor: Any) -> Listener:
-    options = _within(key, lambda: Options(raw, _LISTENER_KEYS))
-    listen = _within(key, lambda: options.text("listen", required=True))
-    assert listen is not None
-    endpoint = _within(key, lambda: server_endpoint("listen", listen, reactor))
+                      factories: Mapping[str, IMatcherFactory], reactor: Any,
+                      nested: bool = True) -> Listener:
+    """A listener's route table; ``nested`` ones (inside TLS) have no port."""
+    options = _within(key, lambda: Options(raw, _NESTED_KEYS if nested else _LISTENER_KEYS))
+    listen, endpoint = "", None
+    if not nested:
+        listen = _within(key, lambda: options.text("listen", required=True)) or ""
+        endpoint = _within(key, lambda: server_endpoint("listen", listen, reactor))
     routes_raw = raw.get("route")
     if not isinstance(routes_raw, list) or not routes_raw:
         raise ConfigError(f"{key}.route", f"at least one [[{key}.route]] is required")

@@ -74,9 +74,14 @@ class SwitchProtocol(Protocol):
     front_address: Any = None  # the trusted load balancer, when a PROXY header was read
     transport: Any  # a TCP (or TLS) transport: producer, consumer, half-closeable
 
-    def __init__(self, listener: Listener, reactor: Any) -> None:
+    quiet = False  # set when a nested connection (TLS termination) logs for this one
+
+    def __init__(self, listener: Listener, reactor: Any, parent: Any = None) -> None:
         self.listener = listener
         self.reactor = reactor
+        self.parent = parent  # the outer connection, for a nested (decrypted) one
+        self.listener_label = (listener.name if parent is None
+                               else f"{parent.listener_label}>{listener.name}")
         self.state = _SNIFFING
         self.buffered = b""
         self.facts: Mapping[str, Any] = {}
@@ -125,9 +130,15 @@ class SwitchProtocol(Protocol):
             self._read_proxy_header()
 
     def _set_client_facts(self) -> None:
-        self._listener_facts = {"listener": self.listener.name,
+        inherited = self.parent.facts if self.parent is not None else {}
+        self._listener_facts = {**inherited, "listener": self.listener_label,
                                 **_address_facts(self.client_address)}
         self.facts = self._listener_facts
+
+    def learn(self, facts: Mapping[str, Any]) -> None:
+        """Facts found outside the matchers (e.g. the TLS session), for routes and logs."""
+        self._listener_facts = {**self._listener_facts, **facts}
+        self.facts = {**self.facts, **facts}
 
     def _read_proxy_header(self) -> None:
         """From a trusted front the header is required; its source is the client."""
@@ -151,6 +162,8 @@ class SwitchProtocol(Protocol):
             self._sniff(final=len(self.buffered) >= self.listener.max_sniff_bytes)
 
     def readConnectionLost(self) -> None:
+        if self._client_eof:
+            return  # e.g. TLS: close_notify, then the TCP FIN
         self._client_eof = True
         if self.closing:
             return
@@ -353,4 +366,5 @@ class SwitchProtocol(Protocol):
         if self.state is _CLOSED or self._peer_open or self._client_open:
             return
         self.state = _CLOSED
-        emit_access_event(self)
+        if not self.quiet:
+            emit_access_event(self)

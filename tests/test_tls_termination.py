@@ -1,0 +1,323 @@
+"""TLS termination with nested routes, through the real twistd, against real clients."""
+
+from __future__ import annotations
+
+import os
+import socket
+import ssl
+import struct
+import subprocess
+import sys
+import textwrap
+import time
+
+from twisted.trial import unittest
+
+from tests import traffic
+from tests.daemon import start_switchyard
+from tests.peers import free_port, make_ca, start_nginx, start_process, start_sshd
+
+NGINX = """
+http {
+  server {
+    listen 127.0.0.1:{web};
+    location / { return 200 "web $request_uri\\n"; }
+  }
+}
+"""
+
+WS_ECHO = textwrap.dedent("""
+    import asyncio, sys
+    from websockets.asyncio.server import serve
+
+    async def echo(ws):
+        async for message in ws:
+            await ws.send("ws-echo " + message)
+
+    async def main():
+        async with serve(echo, "127.0.0.1", int(sys.argv[1])):
+            await asyncio.Future()
+
+    asyncio.run(main())
+""")
+
+WS_CLIENT = textwrap.dedent("""
+    import asyncio, ssl, sys
+    from websockets.asyncio.client import connect
+
+    async def main():
+        context = ssl.create_default_context(cafile=sys.argv[2])
+        async with connect(sys.argv[1], ssl=context, open_timeout=10,
+                           server_hostname=sys.argv[3]) as ws:
+            await ws.send("hello")
+            print(await ws.recv())
+
+    asyncio.run(main())
+""")
+
+CONFIG = """
+[listener.public]
+listen = "127.0.0.1:{port}"
+
+[[listener.public.route]]
+name = "mutual"
+match = "tls"
+sni = "m.example.com"
+to = "mtls"
+
+[[listener.public.route]]
+name = "https"
+match = "tls"
+to = "site"
+
+[[listener.public.route]]
+name = "plain-to-tls"
+match = "any"
+to = "site"
+
+[tls.site]
+certificates = [
+    {{ cert = "{certs}/default.crt", key = "{certs}/default.key" }},
+    {{ cert = "{certs}/a.crt", key = "{certs}/a.key" }},
+    "{certs}/b.pem",
+]
+alpn = ["http/1.1", "h2"]   # our preference first
+inspect_timeout = 2
+
+[[tls.site.route]]
+match = "ssh"
+to = "sshd"
+
+[[tls.site.route]]
+name = "ws"
+match = "http"
+path = "/stream"
+to = "ws"
+
+[[tls.site.route]]
+name = "digest"
+match = "regex"
+pattern = "^DGST"
+to = "digest"
+
+[[tls.site.route]]
+name = "web"
+match = "http"
+to = "web"
+
+[tls.mtls]
+certificates = [{{ cert = "{certs}/m.crt", key = "{certs}/m.key" }}]
+client_ca = "{certs}/ca.crt"
+
+[[tls.mtls.route]]
+name = "web"
+match = "http"
+to = "web"
+
+[backend.sshd]
+servers = ["127.0.0.1:{sshd}"]
+
+[backend.ws]
+servers = ["127.0.0.1:{ws}"]
+
+[backend.web]
+servers = ["127.0.0.1:{web}"]
+
+[backend.digest]
+servers = ["127.0.0.1:{digest}"]
+"""
+
+
+class TerminationTests(unittest.TestCase):
+    timeout = 120
+
+    def setUp(self) -> None:
+        self.certs = os.path.abspath(self.mktemp())
+        os.makedirs(self.certs)
+        self.ca = make_ca(self.certs)
+        for stem, names in {"default": ["default.example.com", "127.0.0.1"],
+                            "a": ["a.example.com"], "b": ["b.example.com", "*.b.example.com"],
+                            "m": ["m.example.com"], "client": ["client.example.com"]}.items():
+            self.ca.issue(names, os.path.join(self.certs, stem))
+        self.sshd = start_sshd(self)
+        nginx = start_nginx(self, NGINX)
+        self.digest = traffic.DigestServer()
+        self.addCleanup(self.digest.stop)
+        ws_port = free_port()
+        workdir = os.path.abspath(self.mktemp())
+        start_process(self, [sys.executable, "-c", WS_ECHO, str(ws_port)], ws_port, workdir)
+        self.port = free_port()
+        config = CONFIG.format(port=self.port, certs=self.certs, sshd=self.sshd.port,
+                               ws=ws_port, web=nginx.port, digest=self.digest.port)
+        self.switchyard = start_switchyard(self, config, self.port)
+
+    def log_after(self, needle: str) -> str:
+        deadline = time.monotonic() + 5
+        while needle not in self.switchyard.log_text() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return self.switchyard.log_text()
+
+    def curl(self, name: str, *extra: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            ["curl", "-sS", "--max-time", "10", "--cacert", self.ca.cert_path,
+             "--resolve", f"{name}:{self.port}:127.0.0.1", *extra,
+             f"https://{name}:{self.port}/hello"],
+            capture_output=True, text=True, timeout=30)
+
+    def openssl(self, *args: str, data: bytes = b"") -> subprocess.CompletedProcess[bytes]:
+        return subprocess.run(["openssl", "s_client", "-connect", f"127.0.0.1:{self.port}",
+                               "-CAfile", self.ca.cert_path, *args],
+                              input=data, capture_output=True, timeout=30)
+
+    # -- certificates by SNI, ALPN, versions ------------------------------
+
+    def test_eachNameGetsItsCertificate(self) -> None:
+        # curl checks the certificate's names: success proves which one answered.
+        for name in ("a.example.com", "b.example.com", "x.b.example.com"):
+            out = self.curl(name)
+            self.assertEqual(out.stdout, "web /hello\n", name + out.stderr)
+        self.assertRegex(self.log_after("public>site/web"),
+                         r"public>site/web -> 127\.0\.0\.1:\d+ facts\[.*sni=a\.example\.com")
+
+    def test_clientWithoutSniGetsTheDefaultCertificate(self) -> None:
+        out = subprocess.run(
+            ["curl", "-sS", "--max-time", "10", "--cacert", self.ca.cert_path,
+             f"https://127.0.0.1:{self.port}/no-sni"], capture_output=True, text=True, timeout=30)
+        self.assertEqual(out.stdout, "web /no-sni\n", out.stderr)
+
+    def test_alpnNegotiatedInServerPreference(self) -> None:
+        out = self.openssl("-servername", "a.example.com", "-alpn", "h2,http/1.1", data=b"")
+        self.assertIn(b"ALPN protocol: http/1.1", out.stdout)
+        out = self.openssl("-servername", "a.example.com", "-alpn", "h2", data=b"")
+        self.assertIn(b"ALPN protocol: h2", out.stdout)
+
+    def test_oldTlsVersionsRefused(self) -> None:
+        for version in ("-tls1", "-tls1_1"):
+            out = self.openssl(version, "-cipher", "DEFAULT@SECLEVEL=0",
+                               "-servername", "a.example.com", data=b"")
+            self.assertNotIn(b"Cipher is ECDHE", out.stdout, version)
+            self.assertNotEqual(out.returncode, 0, version)
+        self.assertIn("close=tls_handshake_failed", self.log_after("tls_handshake_failed"))
+
+    # -- what is inside is routed again -----------------------------------
+
+    def test_wssAndHttpsOnOnePortReachDifferentBackends(self) -> None:
+        # By address, with SNI and certificate check for a.example.com.
+        ws = subprocess.run(
+            [sys.executable, "-c", WS_CLIENT, f"wss://127.0.0.1:{self.port}/stream",
+             self.ca.cert_path, "a.example.com"],
+            capture_output=True, text=True, timeout=60)
+        self.assertEqual(ws.stdout, "ws-echo hello\n", ws.stderr)
+        self.assertEqual(self.curl("a.example.com").stdout, "web /hello\n")
+        log = self.log_after("public>site/ws")
+        self.assertIn("public>site/ws ->", log)
+        self.assertIn("public>site/web ->", log)
+
+    def test_sshOverTlsReachesSshd(self) -> None:
+        proxy = (f"openssl s_client -quiet -connect 127.0.0.1:{self.port} "
+                 f"-servername a.example.com -CAfile {self.ca.cert_path} -verify_return_error")
+        argv = self.sshd.ssh_command(self.port, "echo", "ssh-in-tls")
+        argv[1:1] = ["-o", f"ProxyCommand={proxy}"]
+        out = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+        self.assertEqual(out.stdout, "ssh-in-tls\n", out.stderr)
+        self.assertRegex(self.log_after("public>site/ssh"),
+                         r"public>site/ssh -> .*banner=SSH-2\.0-OpenSSH")
+
+    def test_closeNotifyIsAHalfCloseTheResponseStillArrives(self) -> None:
+        """close_notify then FIN from the client: the backend's answer, which it
+        only sends after seeing the end of the request, still arrives."""
+        context = ssl.create_default_context(cafile=self.ca.cert_path)
+        incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+        tls = context.wrap_bio(incoming, outgoing, server_hostname="a.example.com")
+        sock = socket.create_connection(("127.0.0.1", self.port), timeout=20)
+        self.addCleanup(sock.close)
+
+        def pump_out() -> None:
+            data = outgoing.read()
+            if data:
+                sock.sendall(data)
+
+        def pump_in() -> bool:
+            data = sock.recv(65536)
+            if data:
+                incoming.write(data)
+            else:
+                incoming.write_eof()
+            return bool(data)
+
+        while True:
+            try:
+                tls.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                pump_out()
+                pump_in()
+        pump_out()
+        request = traffic.MAGIC + struct.pack("!II", 5, 300_000) + b"x" * 200_000
+        tls.write(request)
+        pump_out()
+        try:
+            tls.unwrap()  # sends close_notify
+        except ssl.SSLWantReadError:
+            pass
+        pump_out()
+        sock.shutdown(socket.SHUT_WR)
+        # Everything up to switchyard's own close_notify and FIN, then decrypt.
+        while pump_in():
+            pass
+        received = b""
+        while True:
+            try:
+                chunk = tls.read(65536)
+            except (ssl.SSLZeroReturnError, ssl.SSLWantReadError):
+                break
+            if not chunk:
+                break
+            received += chunk
+        self.assertEqual(len(received), 300_000 + 32)
+        self.assertEqual(received[:300_000], traffic.payload(5, 300_000))
+        import hashlib
+
+        self.assertEqual(received[300_000:], hashlib.sha256(request).digest())
+        self.assertIn("public>site/digest", self.log_after("public>site/digest"))
+
+    # -- mutual TLS ---------------------------------------------------------
+
+    def test_clientCertificateVerifiedAndLogged(self) -> None:
+        out = self.curl("m.example.com", "--cert", os.path.join(self.certs, "client.crt"),
+                        "--key", os.path.join(self.certs, "client.key"))
+        self.assertEqual(out.stdout, "web /hello\n", out.stderr)
+        self.assertIn("client_cn=client.example.com", self.log_after("client_cn="))
+
+    def test_clientWithoutCertificateRefused(self) -> None:
+        out = self.curl("m.example.com")
+        self.assertNotEqual(out.returncode, 0)
+        self.assertEqual(out.stdout, "")
+        self.assertIn("public>mtls/- -> - ", self.log_after("public>mtls/-"))
+
+    # -- bad clients ----------------------------------------------------------
+
+    def test_plaintextClientOnTerminatingRouteIsClosed(self) -> None:
+        with socket.create_connection(("127.0.0.1", self.port), timeout=10) as s:
+            s.sendall(b"GET / HTTP/1.0\r\n\r\n")
+            s.settimeout(10)
+            data = traffic.recv_all(s)
+        self.assertNotIn(b"web", data)
+        self.assertIn("close=tls_handshake_failed", self.log_after("tls_handshake_failed"))
+
+    def test_clientStallingMidHandshakeIsClosedAtTimeout(self) -> None:
+        context = ssl.create_default_context(cafile=self.ca.cert_path)
+        incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+        tls = context.wrap_bio(incoming, outgoing, server_hostname="a.example.com")
+        try:
+            tls.do_handshake()
+        except ssl.SSLWantReadError:
+            pass
+        with socket.create_connection(("127.0.0.1", self.port), timeout=10) as s:
+            s.sendall(outgoing.read())  # the ClientHello, then nothing more
+            started = time.monotonic()
+            s.settimeout(15)
+            traffic.recv_all(s)
+            self.assertLess(time.monotonic() - started, 10)
+        self.assertIn("public>site/- -> - ", self.log_after("close=sniff_timeout"))
+        self.assertIn("close=sniff_timeout", self.switchyard.log_text())
