@@ -258,7 +258,30 @@ def build_header(
     authority = facts.get("sni") or facts.get("host")
     if authority:
         tlvs.append((PP2_TYPE_AUTHORITY, _encode_name(authority)))
+    if facts.get("tls_terminated"):
+        tlvs.append((PP2_TYPE_SSL, _encode_ssl(facts)))
     return build_v2(source, destination, tlvs)
+
+
+PP2_TYPE_SSL = 0x20
+PP2_CLIENT_SSL, PP2_CLIENT_CERT_CONN = 0x01, 0x02
+PP2_SUBTYPE_SSL_VERSION, PP2_SUBTYPE_SSL_CN, PP2_SUBTYPE_SSL_CIPHER = 0x21, 0x22, 0x23
+
+
+def _encode_ssl(facts: Mapping[str, Any]) -> bytes:
+    """The SSL TLV: the client spoke TLS to switchyard (version, cipher, client CN)."""
+    client = PP2_CLIENT_SSL
+    subs = []
+    if facts.get("tls_version"):
+        subs.append((PP2_SUBTYPE_SSL_VERSION, str(facts["tls_version"]).encode("ascii")))
+    if facts.get("client_cn"):
+        client |= PP2_CLIENT_CERT_CONN
+        subs.append((PP2_SUBTYPE_SSL_CN, str(facts["client_cn"]).encode("utf-8")))
+    if facts.get("tls_cipher"):
+        subs.append((PP2_SUBTYPE_SSL_CIPHER, str(facts["tls_cipher"]).encode("ascii")))
+    # verify = 0: a client certificate, when there is one, was verified
+    # (switchyard refuses the handshake otherwise).
+    return struct.pack("!BI", client, 0) + _encode_tlvs(subs)
 
 
 # -- reading an inbound header (from a trusted load balancer) ----------------

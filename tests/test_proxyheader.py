@@ -526,3 +526,31 @@ class NginxConsumerTests(unittest.TestCase):
         """Non-IP headers are accepted; nginx then knows no PROXY address."""
         self.assertEqual(self.ask(build_v1(None, None)).strip(), "")
         self.assertEqual(self.ask(build_v2(None, None)).strip(), "")
+
+
+class SslTlvTests(unittest.TestCase):
+    """Terminated TLS is told to the backend in the SSL TLV (0x20)."""
+
+    def test_terminatedConnectionCarriesVersionCipherAndClientCn(self) -> None:
+        facts = {"tls_terminated": True, "tls_version": "TLSv1.3",
+                 "tls_cipher": "TLS_AES_128_GCM_SHA256", "client_cn": "alice",
+                 "sni": "a.example.com"}
+        header = build_header("v2", v4("192.0.2.1", 1000), v4("192.0.2.2", 443), facts)
+        _, tlvs, _ = split_v2(header)
+        ssl_value = dict(tlvs)[0x20]
+        client, verify = struct.unpack("!BI", ssl_value[:5])
+        self.assertEqual((client, verify), (0x01 | 0x02, 0))
+        subs, rest = {}, ssl_value[5:]
+        while rest:
+            kind, length = struct.unpack("!BH", rest[:3])
+            subs[kind] = rest[3:3 + length]
+            rest = rest[3 + length:]
+        self.assertEqual(subs, {0x21: b"TLSv1.3", 0x22: b"alice",
+                                0x23: b"TLS_AES_128_GCM_SHA256"})
+        self.assertEqual(dict(tlvs)[0x02], b"a.example.com")
+        # Twisted's parser still reads the addresses past the TLVs.
+        self.assertEqual(V2Parser.parse(header).source.host, "192.0.2.1")
+
+    def test_passthroughHasNoSslTlv(self) -> None:
+        header = build_header("v2", v4("192.0.2.1", 1), v4("192.0.2.2", 2), {"sni": "x"})
+        self.assertNotIn(0x20, dict(split_v2(header)[1]))

@@ -15,7 +15,14 @@ from twisted.trial import unittest
 
 from tests import traffic
 from tests.daemon import start_switchyard
-from tests.peers import free_port, make_ca, start_nginx, start_process, start_sshd
+from tests.peers import (
+    free_port,
+    make_ca,
+    start_haproxy,
+    start_nginx,
+    start_process,
+    start_sshd,
+)
 
 NGINX = """
 http {
@@ -101,6 +108,12 @@ pattern = "^DGST"
 to = "digest"
 
 [[tls.site.route]]
+name = "pp"
+match = "http"
+path = "/pp"
+to = "haproxy_pp"
+
+[[tls.site.route]]
 name = "web"
 match = "http"
 to = "web"
@@ -125,6 +138,22 @@ servers = ["127.0.0.1:{web}"]
 
 [backend.digest]
 servers = ["127.0.0.1:{digest}"]
+
+[backend.haproxy_pp]
+servers = ["127.0.0.1:{pp}"]
+proxy_protocol = "v2"
+"""
+
+HAPROXY = """
+defaults
+    mode http
+    timeout connect 2s
+    timeout client 5s
+    timeout server 5s
+frontend pp_echo
+    bind 127.0.0.1:{port} accept-proxy
+    http-request return status 200 content-type text/plain lf-string \
+"src=%[src] sport=%[src_port] authority=%[fc_pp_authority]\\n"
 """
 
 
@@ -146,9 +175,11 @@ class TerminationTests(unittest.TestCase):
         ws_port = free_port()
         workdir = os.path.abspath(self.mktemp())
         start_process(self, [sys.executable, "-c", WS_ECHO, str(ws_port)], ws_port, workdir)
+        pp = free_port()
+        start_haproxy(self, HAPROXY.replace("{port}", str(pp)), pp)
         self.port = free_port()
         config = CONFIG.format(port=self.port, certs=self.certs, sshd=self.sshd.port,
-                               ws=ws_port, web=nginx.port, digest=self.digest.port)
+                               ws=ws_port, web=nginx.port, digest=self.digest.port, pp=pp)
         self.switchyard = start_switchyard(self, config, self.port)
 
     def log_after(self, needle: str) -> str:
@@ -280,6 +311,16 @@ class TerminationTests(unittest.TestCase):
 
         self.assertEqual(received[300_000:], hashlib.sha256(request).digest())
         self.assertIn("public>site/digest", self.log_after("public>site/digest"))
+
+    def test_plaintextBackendGetsProxyV2WithTlsFacts(self) -> None:
+        out = subprocess.run(
+            ["curl", "-sS", "--max-time", "10", "--cacert", self.ca.cert_path,
+             "--resolve", f"a.example.com:{self.port}:127.0.0.1", "--local-port",
+             str(free_port()), f"https://a.example.com:{self.port}/pp"],
+            capture_output=True, text=True, timeout=30)
+        # Real haproxy accepted the header (with its SSL TLV) and read the client.
+        self.assertRegex(out.stdout, r"^src=127\.0\.0\.1 sport=\d+ authority=a\.example\.com\n$",
+                         out.stderr)
 
     # -- mutual TLS ---------------------------------------------------------
 
