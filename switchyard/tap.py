@@ -10,6 +10,7 @@ from twisted.logger import Logger
 from twisted.python import usage
 
 from switchyard.config import Config, ConfigError, load
+from switchyard.tlsterm import CertificateWatcher, TerminateTarget
 
 log = Logger(namespace="switchyard")
 
@@ -75,9 +76,32 @@ def makeService(options: Options) -> service.IService:
         svc._raiseSynchronously = True
         svc.setName(listener.name)
         svc.setServiceParent(top)
+    tls_targets = [t for t in config.targets.values() if isinstance(t, TerminateTarget)]
+    if tls_targets:
+        _CertificateService(CertificateWatcher(tls_targets, reactor)).setServiceParent(top)
     log.info("switchyard: {config} compiled:\n{summary}", config=config.path,
              summary=describe(config))
     return top
+
+
+class _CertificateService(service.Service):
+    """Watch certificate files while running; SIGHUP reloads them at once."""
+
+    def __init__(self, watcher: CertificateWatcher) -> None:
+        self.watcher = watcher
+
+    def startService(self) -> None:
+        import signal
+
+        super().startService()
+        self.watcher.start()
+        reactor = self.watcher.reactor
+        signal.signal(signal.SIGHUP,
+                      lambda *_: reactor.callFromThread(self.watcher.reload_all))
+
+    def stopService(self) -> None:
+        self.watcher.stop()
+        return super().stopService()
 
 
 __all__ = ["Options", "makeService"]

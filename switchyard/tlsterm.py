@@ -452,3 +452,55 @@ def compile_tls_target(name: str, raw: Mapping[str, Any],
     listener = compile_listener({k: v for k, v in raw.items() if k not in TLS_OPTIONS})
     return TerminateTarget(name, settings, listener)
 
+
+
+class CertificateWatcher:
+    """Reload a target's certificates when their files change, or on SIGHUP.
+
+    New handshakes use the new certificates; connections already open keep
+    theirs, so nothing is dropped.
+    """
+
+    def __init__(self, targets: Sequence[TerminateTarget], reactor: Any,
+                 interval: float = 2.0) -> None:
+        self.targets = list(targets)
+        self.reactor = reactor
+        self.interval = interval
+        self.seen = {id(t): self._stamp(t) for t in self.targets}
+        self._loop: Any = None
+
+    @staticmethod
+    def _stamp(target: TerminateTarget) -> tuple[float, ...]:
+        import os
+
+        stamps = []
+        for cert in target.settings.certificates:
+            for path in (cert.cert_path, cert.key_path):
+                try:
+                    stamps.append(os.stat(path).st_mtime)
+                except OSError:
+                    stamps.append(-1.0)
+        return tuple(stamps)
+
+    def check(self) -> None:
+        for target in self.targets:
+            stamp = self._stamp(target)
+            if stamp != self.seen[id(target)]:
+                self.seen[id(target)] = stamp
+                target.reload()
+
+    def reload_all(self) -> None:
+        for target in self.targets:
+            self.seen[id(target)] = self._stamp(target)
+            target.reload()
+
+    def start(self) -> None:
+        from twisted.internet.task import LoopingCall
+
+        self._loop = LoopingCall(self.check)
+        self._loop.clock = self.reactor
+        self._loop.start(self.interval, now=False)
+
+    def stop(self) -> None:
+        if self._loop is not None and self._loop.running:
+            self._loop.stop()

@@ -8,6 +8,7 @@ import ssl
 import struct
 import subprocess
 import sys
+import signal
 import textwrap
 import time
 
@@ -362,3 +363,142 @@ class TerminationTests(unittest.TestCase):
             self.assertLess(time.monotonic() - started, 10)
         self.assertIn("public>site/- -> - ", self.log_after("close=sniff_timeout"))
         self.assertIn("close=sniff_timeout", self.switchyard.log_text())
+
+
+RELOAD_CONFIG = """
+[listener.public]
+listen = "127.0.0.1:{port}"
+
+[[listener.public.route]]
+match = "tls"
+to = "site"
+
+[tls.site]
+certificates = ["{certs}/live.pem"]
+
+[[tls.site.route]]
+match = "any"
+to = "echo"
+"""
+
+
+def _write_cert(ca, certs: str, stem: str, names: list[str]) -> None:
+    ca.issue(names, os.path.join(certs, stem))
+
+
+class CertificateReloadTests(unittest.TestCase):
+    timeout = 60
+
+    def setUp(self) -> None:
+        self.certs = os.path.abspath(self.mktemp())
+        os.makedirs(self.certs)
+        self.ca = make_ca(self.certs)
+        _write_cert(self.ca, self.certs, "old", ["old.example.com"])
+        _write_cert(self.ca, self.certs, "new", ["old.example.com", "new.example.com"])
+        self.live = os.path.join(self.certs, "live.pem")
+        os.link(os.path.join(self.certs, "old.pem"), self.live)
+        self.port = free_port()
+        self.switchyard = start_switchyard(
+            self, RELOAD_CONFIG.format(port=self.port, certs=self.certs), self.port)
+
+    def served_names(self) -> bytes:
+        out = subprocess.run(
+            ["openssl", "s_client", "-connect", f"127.0.0.1:{self.port}",
+             "-servername", "old.example.com", "-showcerts"],
+            input=b"", capture_output=True, timeout=30)
+        pem = out.stdout.split(b"-----BEGIN CERTIFICATE-----")[1]
+        text = subprocess.run(["openssl", "x509", "-noout", "-ext", "subjectAltName"],
+                              input=b"-----BEGIN CERTIFICATE-----" + pem,
+                              capture_output=True, timeout=30)
+        return text.stdout
+
+    def replace_certificate(self) -> None:
+        os.unlink(self.live)
+        os.link(os.path.join(self.certs, "new.pem"), self.live)
+
+    def test_sighupReloadsWithoutDroppingOpenConnections(self) -> None:
+        self.assertNotIn(b"new.example.com", self.served_names())
+        context = ssl.create_default_context(cafile=self.ca.cert_path)
+        with socket.create_connection(("127.0.0.1", self.port), timeout=10) as raw:
+            with context.wrap_socket(raw, server_hostname="old.example.com") as held:
+                held.sendall(b"before ")
+                self.replace_certificate()
+                os.kill(self.switchyard.process.pid, signal.SIGHUP)
+                deadline = time.monotonic() + 10
+                while b"new.example.com" not in self.served_names():
+                    self.assertLess(time.monotonic(), deadline, self.switchyard.log_text())
+                    time.sleep(0.2)
+                # The connection opened before the reload still works.
+                held.sendall(b"after")
+                got = b""
+                while len(got) < len(b"before after"):
+                    got += held.recv(100)
+                self.assertEqual(got, b"before after")
+        self.assertIn("certificates reloaded", self.switchyard.log_text())
+
+    def test_changedFilesAreNoticedWithoutSignal(self) -> None:
+        self.replace_certificate()
+        deadline = time.monotonic() + 15
+        while b"new.example.com" not in self.served_names():
+            self.assertLess(time.monotonic(), deadline, self.switchyard.log_text())
+            time.sleep(0.5)
+
+
+class CertificateConfigErrorTests(unittest.TestCase):
+    """Bad certificates stop switchyard at start-up, naming the key."""
+
+    def compile(self, certificates: str, extra: str = "") -> str:
+        import tomllib
+
+        from twisted.internet import reactor
+
+        from switchyard.config import ConfigError, compile_config
+
+        text = RELOAD_CONFIG.replace("{port}", "1").replace(
+            'certificates = ["{certs}/live.pem"]', f"certificates = [{certificates}]\n{extra}")
+        with self.assertRaises(ConfigError) as caught:
+            compile_config(tomllib.loads(text), reactor)
+        return str(caught.exception)
+
+    def setUp(self) -> None:
+        self.dir = os.path.abspath(self.mktemp())
+        os.makedirs(self.dir)
+        self.ca = make_ca(self.dir)
+        self.ca.issue(["a.example.com"], os.path.join(self.dir, "a"))
+        self.ca.issue(["b.example.com"], os.path.join(self.dir, "b"))
+
+    def test_unreadableCertificate(self) -> None:
+        message = self.compile('"/nonexistent/cert.pem"')
+        self.assertIn("tls.site.certificates[0]: cannot read certificate", message)
+
+    def test_keyThatDoesNotFit(self) -> None:
+        message = self.compile(f'{{ cert = "{self.dir}/a.crt", key = "{self.dir}/b.key" }}')
+        self.assertIn("tls.site.certificates[0]: key", message)
+        self.assertIn("does not fit", message)
+
+    def test_expiredCertificate(self) -> None:
+        import datetime
+
+        from cryptography import x509
+        from cryptography.hazmat.primitives import hashes, serialization
+        from cryptography.hazmat.primitives.asymmetric import ec
+
+        key = ec.generate_private_key(ec.SECP256R1())
+        name = x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, "old.example.com")])
+        now = datetime.datetime.now(datetime.timezone.utc)
+        cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+                .public_key(key.public_key()).serial_number(1)
+                .not_valid_before(now - datetime.timedelta(days=30))
+                .not_valid_after(now - datetime.timedelta(days=1))
+                .sign(key, hashes.SHA256()))
+        path = os.path.join(self.dir, "expired.pem")
+        with open(path, "wb") as f:
+            f.write(cert.public_bytes(serialization.Encoding.PEM))
+            f.write(key.private_bytes(serialization.Encoding.PEM,
+                                      serialization.PrivateFormat.PKCS8,
+                                      serialization.NoEncryption()))
+        self.assertIn("expired on", self.compile(f'"{path}"'))
+
+    def test_clientCertWithoutCa(self) -> None:
+        message = self.compile(f'"{self.dir}/a.pem"', 'client_cert = "required"')
+        self.assertIn("tls.site.client_cert: needs client_ca", message)
