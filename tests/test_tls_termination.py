@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import ssl
 import struct
 import subprocess
 import sys
-import signal
 import textwrap
 import time
 
@@ -485,7 +485,7 @@ class CertificateConfigErrorTests(unittest.TestCase):
 
         key = ec.generate_private_key(ec.SECP256R1())
         name = x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, "old.example.com")])
-        now = datetime.datetime.now(datetime.timezone.utc)
+        now = datetime.datetime.now(datetime.UTC)
         cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
                 .public_key(key.public_key()).serial_number(1)
                 .not_valid_before(now - datetime.timedelta(days=30))
