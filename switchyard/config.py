@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import tomllib
 from collections.abc import Callable, Mapping
 from functools import partial
@@ -127,7 +128,8 @@ def compile_config(
             raise ConfigError(key, f"{name!r} is already a target")
         nested = partial(_compile_listener, key, name, targets=dict(targets),
                          factories=factories, reactor=reactor)
-        targets[name] = _within(key, partial(compile_tls_target, name, table, nested))
+        base_dir = os.path.dirname(os.path.abspath(path)) if path != "<config>" else "."
+        targets[name] = _within(key, partial(compile_tls_target, name, table, nested, base_dir))
     listeners_raw = _tables("listener", raw.get("listener"), required=True)
     listeners = tuple(
         _compile_listener(f"listener.{name}", name, table, targets=targets,

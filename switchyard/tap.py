@@ -58,6 +58,10 @@ def describe(config: Config) -> str:
                      f"max_sniff_bytes={listener.max_sniff_bytes})")
         for route in listener.routes:
             lines.append(f"  route {route.name}: match {route.match} -> {route.target.name}")
+            if isinstance(route.target, TerminateTarget):
+                for inner in route.target.listener.routes:
+                    lines.append(f"    after TLS: route {inner.name}: match {inner.match} "
+                                 f"-> {inner.target.name}")
         if listener.on_timeout is not None:
             lines.append(f"  on timeout -> {listener.on_timeout.target.name}")
     return "\n".join(lines)

@@ -164,7 +164,14 @@ class Contexts:
         return SSL.NO_OVERLAPPING_PROTOCOLS
 
 
-def compile_server_settings(options: Options, raw: Mapping[str, Any]) -> ServerSettings:
+def compile_server_settings(options: Options, raw: Mapping[str, Any],
+                            base_dir: str = ".") -> ServerSettings:
+    """TLS settings; relative file names are relative to the config file's folder."""
+    import os
+
+    def here(path: str) -> str:
+        return os.path.normpath(os.path.join(base_dir, path))
+
     certs_raw = raw.get("certificates")
     if isinstance(certs_raw, (str, dict)):
         certs_raw = [certs_raw]
@@ -175,16 +182,18 @@ def compile_server_settings(options: Options, raw: Mapping[str, Any]) -> ServerS
     for i, c in enumerate(certs_raw):
         key = f"certificates[{i}]"
         if isinstance(c, str):
-            cert_path = key_path = c
+            cert_path = key_path = here(c)
         elif isinstance(c, dict) and set(c) <= {"cert", "key"} and isinstance(c.get("cert"), str):
-            cert_path = c["cert"]
-            key_path = str(c.get("key", cert_path))
+            cert_path = here(c["cert"])
+            key_path = here(str(c.get("key", c["cert"])))
         else:
             raise OptionError(key, "expected a PEM file name or {cert = FILE, key = FILE}")
         certificates.append(_load_certificate(key, cert_path, key_path))
     alpn = tuple(a.encode("ascii") for a in options.texts("alpn") or ())
     version = options.choice("min_version", "1.2", tuple(_VERSIONS))
     client_ca = options.text("client_ca")
+    if client_ca is not None:
+        client_ca = here(client_ca)
     client_cert = options.choice("client_cert", "required" if client_ca else "none",
                                  ("none", "optional", "required"))
     if client_cert != "none" and client_ca is None:
@@ -445,10 +454,11 @@ class _PlaintextSide:
 
 
 def compile_tls_target(name: str, raw: Mapping[str, Any],
-                       compile_listener: Callable[[Mapping[str, Any]], Any]) -> TerminateTarget:
+                       compile_listener: Callable[[Mapping[str, Any]], Any],
+                       base_dir: str = ".") -> TerminateTarget:
     """A [tls.NAME] table: certificates and TLS settings, then nested routes."""
     tls_raw = {k: v for k, v in raw.items() if k in TLS_OPTIONS}
-    settings = compile_server_settings(Options(tls_raw, TLS_OPTIONS), tls_raw)
+    settings = compile_server_settings(Options(tls_raw, TLS_OPTIONS), tls_raw, base_dir)
     listener = compile_listener({k: v for k, v in raw.items() if k not in TLS_OPTIONS})
     return TerminateTarget(name, settings, listener)
 
