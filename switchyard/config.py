@@ -24,8 +24,9 @@ from switchyard.tlsterm import compile_tls_target
 DEFAULT_INSPECT_TIMEOUT = 5.0
 DEFAULT_MAX_SNIFF_BYTES = 16 * 1024
 DEFAULT_IDLE_TIMEOUT = 600.0
+DEFAULT_GRACE_PERIOD = 30.0
 
-ROUTE_KEYS = ("name", "match", "to", "allow", "deny")
+ROUTE_KEYS = ("name", "match", "to", "allow", "deny", "idle_timeout", "total_timeout")
 
 T = TypeVar("T")
 
@@ -46,6 +47,8 @@ class Route:
     match: str
     target: ITarget
     admits: Callable[[str | None], bool] | None = None  # client-network rule
+    idle_timeout: float | None = None  # overrides the listener's
+    total_timeout: float | None = None  # a relay's whole life, however busy
 
 
 @attr.s(frozen=True, slots=True, auto_attribs=True)
@@ -59,6 +62,9 @@ class Listener:
     on_timeout: Route | None
     idle_timeout: float
     accept_proxy: tuple[Network, ...] = ()  # trusted fronts that must send PROXY
+    max_connections: int | None = None
+    max_connections_per_client: int | None = None
+    grace_period: float = DEFAULT_GRACE_PERIOD  # on SIGTERM: how long open ones may finish
 
 
 @attr.s(frozen=True, slots=True, auto_attribs=True)
@@ -140,7 +146,8 @@ def compile_config(
 
 
 _NESTED_KEYS = ("route", "inspect_timeout", "max_sniff_bytes", "on_timeout", "idle_timeout")
-_LISTENER_KEYS = ("listen", "accept_proxy", *_NESTED_KEYS)
+_LISTENER_KEYS = ("listen", "accept_proxy", "max_connections", "max_connections_per_client",
+                  "grace_period", *_NESTED_KEYS)
 
 
 def _compile_listener(key: str, name: str, raw: Mapping[str, Any], *,
@@ -175,7 +182,18 @@ def _compile_listener(key: str, name: str, raw: Mapping[str, Any], *,
         idle_timeout=_within(key, lambda: options.number("idle_timeout", DEFAULT_IDLE_TIMEOUT)),
         accept_proxy=_within(key, lambda: parse_networks("accept_proxy", raw["accept_proxy"]))
         if "accept_proxy" in raw else (),
+        max_connections=_within(key, partial(_count, options, "max_connections")),
+        max_connections_per_client=_within(key, partial(_count, options,
+                                                        "max_connections_per_client")),
+        grace_period=_within(key, lambda: options.number(
+            "grace_period", DEFAULT_GRACE_PERIOD, exclusive=False)),
     )
+
+
+def _count(options: Options, key: str) -> int | None:
+    if key not in options:
+        return None
+    return options.integer(key, 0, minimum=1, maximum=10_000_000)
 
 
 def _compile_route(key: str, raw: Any, targets: Mapping[str, ITarget],
@@ -211,8 +229,12 @@ def _compile_route(key: str, raw: Any, targets: Mapping[str, ITarget],
         raise ConfigError(key, f"matcher {match!r}: {e}")
     networks = {k: _within(key, partial(parse_networks, k, raw[k]))
                 for k in ("allow", "deny") if k in raw}
+    timeouts = {k: _within(key, partial(options.number, k, 0.0))
+                for k in ("idle_timeout", "total_timeout") if k in raw}
     return Route(name=name, matcher=matcher, match=match, target=target,
-                 admits=access_rule(networks.get("allow"), networks.get("deny")))
+                 admits=access_rule(networks.get("allow"), networks.get("deny")),
+                 idle_timeout=timeouts.get("idle_timeout"),
+                 total_timeout=timeouts.get("total_timeout"))
 
 
 def _target(key: str, name: str, targets: Mapping[str, ITarget]) -> ITarget:

@@ -68,6 +68,9 @@ class Options:
                 raise OptionError(str(key), f"unknown option ({known})")
         self._options = options
 
+    def __contains__(self, key: str) -> bool:
+        return key in self._options
+
     def texts(self, key: str) -> tuple[str, ...] | None:
         """A string or list of strings, as a tuple; C{None} when absent."""
         if key not in self._options:

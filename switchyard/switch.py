@@ -13,6 +13,7 @@ One path for every connection, whatever the listener or target:
 
 from __future__ import annotations
 
+import collections
 from collections.abc import Mapping
 from typing import Any
 
@@ -52,11 +53,31 @@ class SwitchFactory(Factory):
     def __init__(self, listener: Listener, reactor: IReactorTime) -> None:
         self.listener = listener
         self.reactor = reactor
+        self.connections: set[SwitchProtocol] = set()
+        self.per_client: collections.Counter[str] = collections.Counter()
+        self._drained: list[Any] = []
 
     def buildProtocol(self, addr: IAddress | None) -> SwitchProtocol:
         p = SwitchProtocol(self.listener, self.reactor)
         p.factory = self
         return p
+
+    def forget(self, connection: SwitchProtocol) -> None:
+        self.connections.discard(connection)
+        if not self.connections:
+            waiters, self._drained = self._drained, []
+            for d in waiters:
+                d.callback(None)
+
+    def drained(self) -> Any:
+        """A Deferred that fires once no connection of this listener is open."""
+        from twisted.internet.defer import Deferred, succeed
+
+        if not self.connections:
+            return succeed(None)
+        d: Deferred[None] = Deferred()
+        self._drained.append(d)
+        return d
 
 
 def _address_facts(address: Any) -> dict[str, Any]:
@@ -72,6 +93,7 @@ class SwitchProtocol(Protocol):
 
     pending: Any = None  # a target's connect in progress, cancelled on close
     front_address: Any = None  # the trusted load balancer, when a PROXY header was read
+    _counted_host: str | None = None  # the key this connection holds in per_client
     transport: Any  # a TCP (or TLS) transport: producer, consumer, half-closeable
 
     quiet = False  # set when a nested connection (TLS termination) logs for this one
@@ -99,6 +121,7 @@ class SwitchProtocol(Protocol):
         self._client_open = True
         self._inspect_call: Any = None
         self._idle_call: Any = None
+        self._total_call: Any = None
         self._last_activity = 0.0
 
     # -- the client side ------------------------------------------------
@@ -108,11 +131,33 @@ class SwitchProtocol(Protocol):
         self.client_address = self.transport.getPeer()
         self.local_address = self.transport.getHost()
         self._set_client_facts()
+        self._inspect_call = self.reactor.callLater(self.listener.inspect_timeout,
+                                                    self._inspect_expired)
+        factory = getattr(self, "factory", None)
+        if factory is not None:
+            factory.connections.add(self)
+            limit = self.listener.max_connections
+            if limit is not None and len(factory.connections) > limit:
+                self.close("over_limit", f"listener {self.listener.name} already has "
+                                         f"{limit} connections")
+                return
         if self.listener.accept_proxy and contains(self.listener.accept_proxy,
                                                    getattr(self.client_address, "host", None)):
             self.state = _PROXY_HEADER
-        self._inspect_call = self.reactor.callLater(self.listener.inspect_timeout,
-                                                    self._inspect_expired)
+        else:
+            self._count_client()
+
+    def _count_client(self) -> None:
+        """Apply max_connections_per_client to the (possibly PROXY-given) client."""
+        factory = getattr(self, "factory", None)
+        limit = self.listener.max_connections_per_client
+        if factory is None or limit is None:
+            return
+        host = str(getattr(self.client_address, "host", None))
+        factory.per_client[host] += 1
+        self._counted_host = host
+        if factory.per_client[host] > limit:
+            self.close("over_limit", f"client {host} already has {limit} connections")
 
     def dataReceived(self, data: bytes) -> None:
         self.bytes_in += len(data)
@@ -158,7 +203,8 @@ class SwitchProtocol(Protocol):
             self._set_client_facts()
         self.buffered = self.buffered[length:]
         self.state = _SNIFFING
-        if self.buffered:
+        self._count_client()
+        if self.buffered and not self.closing:
             self._sniff(final=len(self.buffered) >= self.listener.max_sniff_bytes)
 
     def readConnectionLost(self) -> None:
@@ -254,6 +300,8 @@ class SwitchProtocol(Protocol):
                 self.close("denied", f"client {host} is not allowed on route {route.name}")
                 return
         self.state = _CONNECTING
+        if route.total_timeout is not None:
+            self._total_call = self.reactor.callLater(route.total_timeout, self._total_expired)
         self.transport.pauseProducing()
         try:
             route.target.attach(self)
@@ -281,7 +329,7 @@ class SwitchProtocol(Protocol):
         if IPushProducer.providedBy(peer):
             self.transport.registerProducer(peer, True)
         self._last_activity = self.reactor.seconds()
-        self._idle_call = self.reactor.callLater(self.listener.idle_timeout, self._idle_check)
+        self._idle_call = self.reactor.callLater(self._idle_timeout(), self._idle_check)
         if self._client_eof:
             self._half_close(peer, peer_was_producer=True)
         else:
@@ -343,14 +391,24 @@ class SwitchProtocol(Protocol):
     def _idle_check(self) -> None:
         self._idle_call = None
         idle = self.reactor.seconds() - self._last_activity
-        if idle >= self.listener.idle_timeout:
+        if idle >= self._idle_timeout():
             self.close("idle_timeout", f"no data either way for {idle:.0f}s")
         else:
-            self._idle_call = self.reactor.callLater(self.listener.idle_timeout - idle,
+            self._idle_call = self.reactor.callLater(self._idle_timeout() - idle,
                                                      self._idle_check)
 
+    def _idle_timeout(self) -> float:
+        if self.route is not None and self.route.idle_timeout is not None:
+            return self.route.idle_timeout
+        return self.listener.idle_timeout
+
+    def _total_expired(self) -> None:
+        self._total_call = None
+        assert self.route is not None
+        self.close("total_timeout", f"open longer than {self.route.total_timeout:g}s")
+
     def _cancel_timers(self) -> None:
-        for name in ("_inspect_call", "_idle_call"):
+        for name in ("_inspect_call", "_idle_call", "_total_call"):
             call = getattr(self, name)
             if call is not None:
                 call.cancel()
@@ -366,5 +424,12 @@ class SwitchProtocol(Protocol):
         if self.state is _CLOSED or self._peer_open or self._client_open:
             return
         self.state = _CLOSED
+        factory = getattr(self, "factory", None)
+        if factory is not None:
+            if self._counted_host is not None:
+                factory.per_client[self._counted_host] -= 1
+                if factory.per_client[self._counted_host] <= 0:
+                    del factory.per_client[self._counted_host]
+            factory.forget(self)
         if not self.quiet:
             emit_access_event(self)

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import sys
+from typing import Any
 
 from twisted.application import service
-from twisted.application.internet import StreamServerEndpointService
 from twisted.logger import Logger
 from twisted.python import usage
 
@@ -70,22 +70,47 @@ def describe(config: Config) -> str:
 def makeService(options: Options) -> service.IService:
     from twisted.internet import reactor
 
-    from switchyard.switch import SwitchFactory
+    from switchyard.service import ListenerService
 
     config = options.compiled
     top = service.MultiService()
+    _StopOnSignals(reactor).setServiceParent(top)
     for listener in config.listeners:
-        svc = StreamServerEndpointService(listener.endpoint, SwitchFactory(listener, reactor))
-        # A port that cannot be bound stops twistd instead of logging and idling.
-        svc._raiseSynchronously = True
-        svc.setName(listener.name)
-        svc.setServiceParent(top)
+        ListenerService(listener, reactor).setServiceParent(top)
     tls_targets = [t for t in config.targets.values() if isinstance(t, TerminateTarget)]
     if tls_targets:
         _CertificateService(CertificateWatcher(tls_targets, reactor)).setServiceParent(top)
     log.info("switchyard: {config} compiled:\n{summary}", config=config.path,
              summary=describe(config))
     return top
+
+
+class _StopOnSignals(service.Service):
+    """SIGTERM and SIGINT stop switchyard gracefully, and that is a success: exit 0.
+
+    (twistd's own handlers make the process die of the signal afterwards.)
+    """
+
+    def __init__(self, reactor: Any) -> None:
+        self.reactor = reactor
+
+    def startService(self) -> None:
+        super().startService()
+        # After the reactor's own handlers are installed, to replace them.
+        self.reactor.addSystemEventTrigger("after", "startup", self._install)
+
+    def _install(self) -> None:
+        import signal
+
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, self._stop)
+
+    def _stop(self, signum: int, frame: Any) -> None:
+        import signal
+
+        log.info("switchyard: {signal} received, stopping",
+                 signal=signal.Signals(signum).name)
+        self.reactor.callFromThread(self.reactor.stop)
 
 
 class _CertificateService(service.Service):
