@@ -1,0 +1,115 @@
+"""The ``obfs-http`` and ``obfs-tls`` matchers: simple-obfs's imitations of WebSocket and TLS.
+
+simple-obfs (the shadowsocks plugin ``obfs-local``) hides its first payload
+in an opening that looks like something else:
+
+- ``obfs=http``: ``GET / HTTP/1.1`` with ``Upgrade: websocket`` and
+  ``Connection: Upgrade``, but with ``Content-Length: N`` and the N payload
+  bytes right behind the header block, and no ``Sec-WebSocket-Version``.
+  A genuine WebSocket client must send the version and waits for ``101``
+  before sending anything else (RFC 6455 section 4.1).
+- ``obfs=tls``: a ClientHello from a fixed template (32-byte session id,
+  28 cipher suites, one compression method) whose *first* extension is
+  session_ticket (0x0023) carrying the payload, then server_name with the
+  obfs host. obfs-server does not parse the hello: it reads the ticket at
+  byte 138, so every client it can decode has that layout. Browsers and
+  TLS libraries offer other suite counts and put GREASE or server_name
+  first; a client resuming with a ticket puts it further down.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import attr
+from zope.interface import implementer
+
+from switchyard.interfaces import NO, IMatcher, IMatcherFactory, Match, MatchResult
+from switchyard.matchers._names import NamePredicate, Options
+from switchyard.matchers.http import RequestHead
+from switchyard.matchers.tls import ClientHello, parse_client_hello
+from switchyard.matchers.websocket import has_body, upgrade_request
+
+EXT_SESSION_TICKET = 0x0023
+# The template's fixed part, which puts the first extension at byte 138
+# (simple-obfs obfs_tls.c, struct tls_client_hello).
+OBFS_SESSION_ID_LENGTH = 32
+OBFS_CIPHER_SUITES = 28
+OBFS_COMPRESSION_METHODS = 1
+
+
+@implementer(IMatcher)
+@attr.s(frozen=True, slots=True, auto_attribs=True)
+class ObfsHTTPMatcher:
+    """A compiled C{obfs-http} route condition."""
+
+    host: NamePredicate | None = None
+
+    def match(self, data: bytes, facts: Mapping[str, Any]) -> MatchResult:
+        head = upgrade_request(data)
+        if not isinstance(head, RequestHead):
+            return head
+        # The reasons this cannot be a genuine client, for the access log.
+        signs = []
+        if has_body(head):
+            signs.append("body")
+        if not head.header("sec-websocket-version"):
+            signs.append("no_version")
+        if not signs:
+            return NO
+        host = head.host
+        if self.host is not None and (host is None or not self.host(host)):
+            return NO
+        found: dict[str, Any] = {"path": head.path, "obfs": signs}
+        if host is not None:
+            found = {"host": host, **found}
+        return Match(facts=found)
+
+
+@implementer(IMatcherFactory)
+class ObfsHTTPMatcherFactory:
+    """Builds L{ObfsHTTPMatcher}s from route options."""
+
+    name = "obfs-http"
+    description = "simple-obfs obfs=http: a WebSocket upgrade with a body or no version"
+
+    def build(self, options: Mapping[str, Any]) -> ObfsHTTPMatcher:
+        opts = Options(options, ("host",))
+        return ObfsHTTPMatcher(host=opts.names("host"))
+
+
+@implementer(IMatcher)
+@attr.s(frozen=True, slots=True, auto_attribs=True)
+class ObfsTLSMatcher:
+    """A compiled C{obfs-tls} route condition."""
+
+    sni: NamePredicate | None = None
+
+    def match(self, data: bytes, facts: Mapping[str, Any]) -> MatchResult:
+        hello = parse_client_hello(data)
+        if not isinstance(hello, ClientHello):
+            return hello
+        if (not hello.extensions
+                or len(hello.session_id) != OBFS_SESSION_ID_LENGTH
+                or len(hello.cipher_suites) != OBFS_CIPHER_SUITES
+                or len(hello.compression_methods) != OBFS_COMPRESSION_METHODS):
+            return NO
+        first_type, ticket = hello.extensions[0]
+        if first_type != EXT_SESSION_TICKET or not ticket:
+            return NO
+        if self.sni is not None and (hello.sni is None or not self.sni(hello.sni)):
+            return NO
+        return Match(facts={"sni": hello.sni, "ticket_length": len(ticket)})
+
+
+@implementer(IMatcherFactory)
+class ObfsTLSMatcherFactory:
+    """Builds L{ObfsTLSMatcher}s from route options."""
+
+    name = "obfs-tls"
+    description = "simple-obfs obfs=tls: its fixed ClientHello, led by a session ticket with data"
+
+    def build(self, options: Mapping[str, Any]) -> ObfsTLSMatcher:
+        opts = Options(options, ("sni",))
+        return ObfsTLSMatcher(sni=opts.names("sni"))
