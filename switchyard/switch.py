@@ -325,6 +325,8 @@ class SwitchProtocol(Protocol):
         opening, self.buffered = self.buffered, b""
         if prefix or opening:
             peer.write(prefix + opening)
+            if self.closing:  # the peer may answer and close synchronously
+                return
         peer.registerProducer(self.transport, True)
         if IPushProducer.providedBy(peer):
             self.transport.registerProducer(peer, True)
