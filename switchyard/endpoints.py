@@ -29,7 +29,12 @@ def split_host_port(value: str) -> tuple[str, int] | None:
 def client_endpoint(key: str, value: Any, reactor: Any, timeout: float) -> IStreamClientEndpoint:
     """A server of a backend: ``host:port`` (any name, resolved at each
     connect, IPv4 and IPv6) or a Twisted client endpoint string."""
-    from twisted.internet.endpoints import HostnameEndpoint, clientFromString
+    from twisted.internet.endpoints import (
+        HostnameEndpoint,
+        TCP4ClientEndpoint,
+        TCP6ClientEndpoint,
+        clientFromString,
+    )
 
     if not isinstance(value, str) or not value:
         raise OptionError(key, "must be 'host:port' or an endpoint string like "
@@ -39,7 +44,15 @@ def client_endpoint(key: str, value: Any, reactor: Any, timeout: float) -> IStre
         host, port = hp
         if not host:
             raise OptionError(key, f"{value!r} has no host")
-        return HostnameEndpoint(reactor, host, port, timeout=timeout)
+        try:
+            ip = ipaddress.ip_address(host)
+        except ValueError:
+            return HostnameEndpoint(reactor, host, port, timeout=timeout)
+        # An address needs no resolution: HostnameEndpoint would still send
+        # it through getaddrinfo in a thread on every connect.
+        if ip.version == 4:
+            return TCP4ClientEndpoint(reactor, host, port, timeout=timeout)
+        return TCP6ClientEndpoint(reactor, host, port, timeout=timeout)
     try:
         return clientFromString(reactor, value)
     except Exception as e:
@@ -72,3 +85,50 @@ def server_endpoint(key: str, value: str, reactor: Any) -> IStreamServerEndpoint
         return serverFromString(reactor, description)
     except Exception as e:
         raise OptionError(key, f"bad listen endpoint {description!r}: {e}")
+
+
+def tls_client_endpoint(reactor: Any, inner: IStreamClientEndpoint, *, server_name: str,
+                        verify: bool = True, ca_file: str | None = None) -> IStreamClientEndpoint:
+    """Originate TLS over ``inner``: SNI ``server_name``; the certificate checked
+    against ``ca_file`` (else the system's roots) and the name by service-identity.
+
+    ``verify=False`` is the explicit opt-out for self-signed test backends:
+    the name is still sent, nothing is checked.
+    """
+    from twisted.internet import ssl
+    from twisted.internet.endpoints import wrapClientTLS
+
+    if verify:
+        trust = None
+        if ca_file is not None:
+            with open(ca_file, "rb") as f:
+                pems = f.read()
+            certificates = [ssl.Certificate.loadPEM(b"-----BEGIN CERTIFICATE-----" + part)
+                            for part in pems.split(b"-----BEGIN CERTIFICATE-----")[1:]]
+            trust = ssl.trustRootFromCertificates(certificates)
+        creator: Any = ssl.optionsForClientTLS(server_name, trust)
+    else:
+        creator = _UnverifiedClientTLS(server_name)
+    return wrapClientTLS(creator, inner)
+
+
+class _UnverifiedClientTLS:
+    """An IOpenSSLClientConnectionCreator that sends SNI and verifies nothing."""
+
+    def __init__(self, server_name: str) -> None:
+        from OpenSSL import SSL
+        from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
+        from zope.interface import directlyProvides
+
+        self.server_name = server_name.encode("idna")
+        self.context = SSL.Context(SSL.TLS_CLIENT_METHOD)
+        self.context.set_min_proto_version(SSL.TLS1_2_VERSION)
+        directlyProvides(self, IOpenSSLClientConnectionCreator)
+
+    def clientConnectionForTLS(self, tlsProtocol: Any) -> Any:
+        from OpenSSL import SSL
+
+        connection = SSL.Connection(self.context, None)
+        connection.set_app_data(tlsProtocol)
+        connection.set_tlsext_host_name(self.server_name)
+        return connection
