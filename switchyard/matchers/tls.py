@@ -12,6 +12,7 @@ become one (NO).
 from __future__ import annotations
 
 import functools
+import struct
 from collections.abc import Mapping
 from typing import Any, Union
 
@@ -247,9 +248,8 @@ def _parse_hello(handshake: bytes, length: int) -> ClientHello:
     suites = body.vector(2, minimum=2)
     if (suites.limit - suites.pos) % 2:
         raise _Invalid()
-    cipher_suites = []
-    while not suites.at_end():
-        cipher_suites.append(suites.uint(2))
+    raw_suites = suites.take_rest()
+    cipher_suites = struct.unpack(f"!{len(raw_suites) // 2}H", raw_suites)
     compression_methods = body.vector(1, minimum=1).take_rest()
 
     extensions: list[tuple[int, bytes]] = []
@@ -261,27 +261,35 @@ def _parse_hello(handshake: bytes, length: int) -> ClientHello:
         block = body.vector(2)
         if not body.at_end():
             raise _Invalid()
+        # Walked with plain indexes: this loop is most of a hello's cost.
+        raw = block.take_rest()
+        pos, end = 0, len(raw)
         seen = set()
-        while not block.at_end():
-            ext_type = block.uint(2)
-            ext = block.vector(2)
-            ext_data = ext.take_rest()
+        while pos < end:
+            if pos + 4 > end:
+                raise _Invalid()
+            ext_type = (raw[pos] << 8) | raw[pos + 1]
+            start = pos + 4
+            pos = start + ((raw[pos + 2] << 8) | raw[pos + 3])
+            if pos > end:
+                raise _Invalid()
+            ext_data = raw[start:pos]
             if ext_type in seen:
                 raise _Invalid()  # RFC 8446 4.2: at most one of each type
             seen.add(ext_type)
             extensions.append((ext_type, ext_data))
-            inner = _Reader(ext_data, 0, len(ext_data))
             if ext_type == EXT_SERVER_NAME:
-                sni = _parse_server_name(inner)
+                sni = _parse_server_name(_Reader(ext_data, 0, len(ext_data)))
             elif ext_type == EXT_ALPN:
-                alpn = _parse_alpn(inner)
+                alpn = _parse_alpn(_Reader(ext_data, 0, len(ext_data)))
             elif ext_type == EXT_SUPPORTED_VERSIONS:
-                versions = _parse_supported_versions(inner) or versions
+                versions = (_parse_supported_versions(_Reader(ext_data, 0, len(ext_data)))
+                            or versions)
 
     return ClientHello(
         legacy_version=legacy_version,
         session_id=session_id,
-        cipher_suites=tuple(cipher_suites),
+        cipher_suites=cipher_suites,
         compression_methods=compression_methods,
         extensions=tuple(extensions),
         sni=sni,
