@@ -65,6 +65,7 @@ class Listener:
     max_connections: int | None = None
     max_connections_per_client: int | None = None
     grace_period: float = DEFAULT_GRACE_PERIOD  # on SIGTERM: how long open ones may finish
+    fast_path: bool = True  # splice(2) between plain sockets, where the system has it
 
 
 @attr.s(frozen=True, slots=True, auto_attribs=True)
@@ -112,7 +113,13 @@ def compile_config(
 ) -> Config:
     if factories is None:
         factories = matcher_factories()
-    _within("", lambda: Options(raw, ("listener", "backend", "responder", "tls")))
+    top = _within("", lambda: Options(raw, ("listener", "backend", "responder", "tls",
+                                            "workers")))
+    # Worker processes (switchyard.workers, which reads it): checked here so
+    # a bad value fails like any other key.
+    from switchyard.workers import MAX_WORKERS
+
+    _within("", lambda: top.integer("workers", 1, minimum=1, maximum=MAX_WORKERS))
     targets: dict[str, ITarget] = dict(BUILTIN_RESPONDERS)
     backends: dict[str, BackendTarget] = {}
     for section in ("backend", "responder"):
@@ -147,7 +154,7 @@ def compile_config(
 
 _NESTED_KEYS = ("route", "inspect_timeout", "max_sniff_bytes", "on_timeout", "idle_timeout")
 _LISTENER_KEYS = ("listen", "accept_proxy", "max_connections", "max_connections_per_client",
-                  "grace_period", *_NESTED_KEYS)
+                  "grace_period", "fast_path", *_NESTED_KEYS)
 
 
 def _compile_listener(key: str, name: str, raw: Mapping[str, Any], *,
@@ -187,6 +194,7 @@ def _compile_listener(key: str, name: str, raw: Mapping[str, Any], *,
                                                         "max_connections_per_client")),
         grace_period=_within(key, lambda: options.number(
             "grace_period", DEFAULT_GRACE_PERIOD, exclusive=False)),
+        fast_path=_within(key, lambda: options.flag("fast_path", True)),
     )
 
 

@@ -34,6 +34,7 @@ from switchyard.config import Listener, Route
 from switchyard.interfaces import NEED_MORE, NO, IConnection, Match
 from switchyard.networks import contains
 from switchyard.proxyheader import BadProxyHeader, read_header
+from switchyard.splice import SpliceRelay, can_splice
 
 _CONNECTION_DONE = Failure(error.ConnectionDone())
 
@@ -94,6 +95,7 @@ class SwitchProtocol(Protocol):
     pending: Any = None  # a target's connect in progress, cancelled on close
     front_address: Any = None  # the trusted load balancer, when a PROXY header was read
     _counted_host: str | None = None  # the key this connection holds in per_client
+    _splicer: SpliceRelay | None = None  # the splice(2) relay, once it owns both sockets
     transport: Any  # a TCP (or TLS) transport: producer, consumer, half-closeable
 
     quiet = False  # set when a nested connection (TLS termination) logs for this one
@@ -327,11 +329,17 @@ class SwitchProtocol(Protocol):
             peer.write(prefix + opening)
             if self.closing:  # the peer may answer and close synchronously
                 return
+        self._last_activity = self.reactor.seconds()
+        self._idle_call = self.reactor.callLater(self._idle_timeout(), self._idle_check)
+        if self.listener.fast_path and can_splice(self.transport, peer):
+            # The kernel moves the bytes from here on: the relay sends what
+            # is still buffered in peer first, sees a client EOF on the
+            # socket itself, and ends in the usual connectionLost calls.
+            self._splicer = SpliceRelay(self.reactor, self, self.transport, peer).start()
+            return
         peer.registerProducer(self.transport, True)
         if IPushProducer.providedBy(peer):
             self.transport.registerProducer(peer, True)
-        self._last_activity = self.reactor.seconds()
-        self._idle_call = self.reactor.callLater(self._idle_timeout(), self._idle_check)
         if self._client_eof:
             self._half_close(peer, peer_was_producer=True)
         else:
@@ -364,6 +372,11 @@ class SwitchProtocol(Protocol):
         self._cancel_timers()
         if self.pending is not None:
             self.pending.cancel()
+        if self._splicer is not None:
+            # The relay owns both sockets (touching a transport now would
+            # register its fd under the relay): it closes them itself.
+            self._splicer.stop()
+            return
         if reply:
             self.bytes_out += len(reply)
             self.transport.write(reply)

@@ -173,9 +173,11 @@ def _free_port6() -> int:
 
 
 class OnePortTests(unittest.TestCase):
-    """Every protocol the first issue names, on one port, to real programs."""
+    """Every protocol the first issue names, on one port, to real programs
+    (relayed with splice(2), the default on Linux)."""
 
     timeout = 180
+    fast_path = "true"
 
     def setUp(self) -> None:
         prefix_dir = os.path.abspath(self.mktemp())
@@ -197,7 +199,8 @@ class OnePortTests(unittest.TestCase):
         self.port6 = _free_port6()
         values = {**self.nginx_ports, "port6": self.port6, "sshd": self.sshd.port, "pp2": pp2,
                   "port": self.port, "digest": self.digest.port, "dead": free_port()}
-        config = CONFIG
+        config = CONFIG.replace("on_timeout = \"sshd\"",
+                                f"on_timeout = \"sshd\"\nfast_path = {self.fast_path}")
         for k, v in values.items():
             config = config.replace("{" + k + "}", str(v))
         self.switchyard = start_switchyard(self, config, self.port)
@@ -326,3 +329,9 @@ class OnePortTests(unittest.TestCase):
         traffic.exchange(self.port, 10, 10)
         self.assertIn("public/default", self.access_lines("public/default"))
 
+
+
+class OnePortTwistedRelayTests(OnePortTests):
+    """The same, through Twisted's own relay (fast_path = false)."""
+
+    fast_path = "false"

@@ -31,7 +31,10 @@ class _Capturing(SwitchFactory):
 
 
 class RelayTests(unittest.TestCase):
+    """With the splice(2) fast path (the default on Linux)."""
+
     timeout = 120
+    fast_path = True
 
     def setUp(self) -> None:
         self.log = CapturedEvents(self)
@@ -40,7 +43,7 @@ class RelayTests(unittest.TestCase):
     def start(self, to: str, backends: dict[str, Any] | None = None,
               responders: dict[str, Any] | None = None, **listener: Any) -> Any:
         raw = {
-            "listener": {"t": {"listen": "tcp:0", "route": [
+            "listener": {"t": {"listen": "tcp:0", "fast_path": self.fast_path, "route": [
                 {"match": "scripted", "decide": matches_anything, "to": to}], **listener}},
             "backend": backends or {},
             "responder": responders or {},
@@ -214,3 +217,9 @@ def _sleep(seconds: float) -> defer.Deferred[None]:
     d: defer.Deferred[None] = defer.Deferred()
     reactor.callLater(seconds, d.callback, None)
     return d
+
+
+class TwistedRelayTests(RelayTests):
+    """The same behaviour through Twisted's own relay (fast_path = false)."""
+
+    fast_path = False

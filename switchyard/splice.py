@@ -1,0 +1,361 @@
+"""The zero-copy relay: splice(2) through a pipe per direction, driven by the reactor."""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import socket
+import sys
+import typing
+from typing import Any
+
+from twisted.internet import tcp
+from twisted.internet.interfaces import IReadDescriptor, IWriteDescriptor
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+SUPPORTED = sys.platform.startswith("linux") and hasattr(os, "splice") and hasattr(os, "pipe2")
+
+# A bigger pipe moves more per syscall; it is also the most one direction
+# holds in memory (pages are only pinned while bytes sit in the pipe).
+PIPE_SIZE = 1 << 20
+# Bytes one direction may move per reactor event, so that one busy
+# connection does not starve the others sharing the reactor.
+_BUDGET = 4 * PIPE_SIZE
+_FLAGS = getattr(os, "SPLICE_F_MOVE", 1) | getattr(os, "SPLICE_F_NONBLOCK", 2)
+_EMPTY = memoryview(b"")
+
+
+class Books(typing.Protocol):
+    """What the relay keeps up to date on the switch's connection, nothing more."""
+
+    bytes_in: int  # client -> peer
+    bytes_out: int  # peer -> client
+    _last_activity: float  # read by the switch's idle timer
+
+    def _set_reason(self, reason: str, detail: str = "") -> None:
+        """Record why the connection ended (the first reason given wins)."""
+
+
+def _plain(transport: Any) -> bool:
+    """A bare, open TCP or UNIX stream socket transport with nothing of Twisted's pending."""
+    # tcp.Connection covers tcp.Server/Client and unix.Server/Client; TLS
+    # wrappers, ProtocolWrapper and the echo loopback are other classes.
+    return (isinstance(transport, tcp.Connection)
+            and not getattr(transport, "TLS", False)
+            and bool(transport.connected)
+            and not transport.disconnecting
+            and not transport.disconnected
+            and not transport._writeDisconnecting
+            and not transport._writeDisconnected
+            and not getattr(transport, "_aborting", False)
+            and transport.producer is None
+            # Descriptors queued for sendmsg would be lost with the buffer.
+            and not getattr(transport, "_sendmsgQueue", None)
+            and getattr(transport, "socket", None) is not None
+            and transport.socket.type == socket.SOCK_STREAM)
+
+
+def can_splice(client_transport: Any, peer_transport: Any) -> bool:
+    """True when both ends are plain sockets this platform can splice between."""
+    return SUPPORTED and _plain(client_transport) and _plain(peer_transport)
+
+
+class _SideError(Exception):
+    """An I/O error on one socket: the relay ends as that side's reset."""
+
+    def __init__(self, side: _Socket, error: OSError) -> None:
+        super().__init__(side.role, error)
+        self.side = side
+        self.error = error
+
+
+@implementer(IReadDescriptor, IWriteDescriptor)
+class _Socket:
+    """One spliced socket, registered with the reactor in its transport's place.
+
+    The epoll reactor keeps one selectable per fd, so this one object is
+    both the reader (the socket is the source of ``outgoing``) and the
+    writer (the destination of ``incoming``).
+    """
+
+    outgoing: _Direction
+    incoming: _Direction
+
+    def __init__(self, relay: SpliceRelay, role: str, transport: Any) -> None:
+        self.relay = relay
+        self.role = role  # "client" or "backend": names the reset in the access log
+        self.transport = transport
+        self.sock: socket.socket = transport.socket
+        self.fd = self.sock.fileno()
+        self.reading = False
+        self.writing = False
+
+    def fileno(self) -> int:
+        return self.fd
+
+    def logPrefix(self) -> str:
+        return f"SpliceRelay,{self.role}"
+
+    def doRead(self) -> None:
+        self.relay._pump(self.outgoing)
+
+    def doWrite(self) -> None:
+        self.relay._pump(self.incoming)
+
+    def connectionLost(self, reason: Failure) -> None:
+        # The reactor only calls this for a hang-up or error seen while the
+        # socket was registered for writing alone, or at shutdown; it has
+        # already dropped the registrations.
+        self.reading = self.writing = False
+        self.relay._lost(self, reason)
+
+
+class _Direction:
+    """Bytes from ``src`` to ``dst``: first ``head`` (Twisted's unsent buffer), then the pipe."""
+
+    def __init__(self, src: _Socket, dst: _Socket, inbound: bool, head: bytes) -> None:
+        self.src = src
+        self.dst = dst
+        self.inbound = inbound  # client -> peer: counted as bytes_in
+        self.head = memoryview(head) if head else _EMPTY
+        self.pipe_r = -1
+        self.pipe_w = -1
+        self.capacity = 0
+        self.pending = 0  # bytes in the pipe
+        self.eof = False  # src sent its end of stream
+        self.shut = False  # and dst's write side was shut down after the last byte
+
+    @property
+    def backlog(self) -> bool:
+        return bool(self.head) or self.pending > 0
+
+    def open_pipe(self) -> None:
+        # Made on first use, so held idle connections cost no pipes.
+        self.pipe_r, self.pipe_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        try:
+            self.capacity = fcntl.fcntl(self.pipe_w, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
+        except OSError:
+            # Over pipe-max-size or the user's pipe quota: the default will do.
+            self.capacity = fcntl.fcntl(self.pipe_w, fcntl.F_GETPIPE_SZ)
+
+    def close_pipe(self) -> None:
+        for fd in (self.pipe_r, self.pipe_w):
+            if fd >= 0:
+                os.close(fd)
+        self.pipe_r = self.pipe_w = -1
+        self.pending = 0
+
+
+class SpliceRelay:
+    """Relay a client and a peer socket both ways with splice(2), owning both until the end.
+
+    The caller checks L{can_splice} first and has already written what the
+    peer must see first (PROXY header, buffered opening) to the peer's
+    transport; L{start} takes that buffer over and sends it before any
+    spliced byte. When both directions have ended (half-close passed on each
+    way) the transports are closed with C{loseConnection}; on an error they
+    are aborted. Either way their protocols get C{connectionLost} as usual,
+    after C{connection._set_reason} said why.
+    """
+
+    def __init__(self, reactor: Any, connection: Books, client_transport: Any,
+                 peer_transport: Any) -> None:
+        self.reactor = reactor
+        self.connection = connection
+        self.client = _Socket(self, "client", client_transport)
+        self.peer = _Socket(self, "backend", peer_transport)
+        self.done = False
+
+    def start(self) -> SpliceRelay:
+        """Take both sockets over from their transports and begin relaying."""
+        for side in (self.client, self.peer):
+            # Unregister Twisted's selectables before registering ours: the
+            # reactor keys registrations by fd.
+            side.transport.stopReading()
+            side.transport.stopWriting()
+        to_peer = _take_buffer(self.peer.transport)
+        to_client = _take_buffer(self.client.transport)
+        self.client.outgoing = self.peer.incoming = _Direction(self.client, self.peer, True,
+                                                               to_peer)
+        self.peer.outgoing = self.client.incoming = _Direction(self.peer, self.client, False,
+                                                               to_client)
+        self._sync()
+        return self
+
+    def stop(self, reason: str | None = None, detail: str = "") -> None:
+        """End the relay now (idle timeout, shutdown): close both sockets."""
+        if self.done:
+            return
+        if reason is not None:
+            self.connection._set_reason(reason, detail)
+        # Bytes still in flight would be lost: a reset then tells each end
+        # the stream is truncated, where a FIN would pass it off as complete.
+        truncated = self.client.incoming.backlog or self.peer.incoming.backlog
+        self._teardown()
+        self._hand_back(abort=truncated)
+
+    # -- the pump ---------------------------------------------------------
+
+    def _pump(self, d: _Direction) -> None:
+        if self.done:
+            return  # a stale event from the batch that ended the relay
+        try:
+            self._move(d)
+        except _SideError as e:
+            self._fail(f"{e.side.role}_reset", e.error.strerror or str(e.error))
+            return
+        except OSError as e:  # no pipe to be had (EMFILE, ENFILE, ENOMEM)
+            self._fail("error", f"splice relay: {e.strerror or e}")
+            return
+        if self.client.outgoing.shut and self.peer.outgoing.shut:
+            self._finish()
+        else:
+            self._sync()
+
+    def _move(self, d: _Direction) -> None:
+        moved = 0
+        while self._drain(d):
+            if d.eof:
+                if not d.shut:
+                    try:
+                        d.dst.sock.shutdown(socket.SHUT_WR)
+                    except OSError as e:
+                        raise _SideError(d.dst, e)
+                    d.shut = True
+                return
+            if moved >= _BUDGET:
+                return  # the source stays registered: the reactor comes back
+            n = self._fill(d)
+            if n is None:
+                return
+            moved += n
+        # dst is full: _sync stops reading src until dst is writable.
+
+    def _fill(self, d: _Direction) -> int | None:
+        """Splice what src has into the (empty) pipe; None when it has nothing now."""
+        if d.pipe_w < 0:
+            d.open_pipe()
+        try:
+            n = os.splice(d.src.fd, d.pipe_w, d.capacity, flags=_FLAGS)
+        except BlockingIOError:
+            return None
+        except OSError as e:
+            raise _SideError(d.src, e)
+        if n == 0:
+            d.eof = True
+            return 0
+        d.pending += n
+        books = self.connection
+        if d.inbound:
+            books.bytes_in += n
+        else:
+            books.bytes_out += n
+        books._last_activity = self.reactor.seconds()
+        return n
+
+    def _drain(self, d: _Direction) -> bool:
+        """Send the head, then the pipe, to dst; False when dst cannot take more now."""
+        dst = d.dst
+        try:
+            while d.head:
+                n = dst.sock.send(d.head)
+                d.head = d.head[n:] if n < len(d.head) else _EMPTY
+            while d.pending:
+                n = os.splice(d.pipe_r, dst.fd, d.pending, flags=_FLAGS)
+                if n == 0:
+                    # Cannot happen while we hold the pipe's write end; an
+                    # error beats polling a writable socket forever.
+                    raise OSError(errno.EIO, "splice to the socket made no progress")
+                d.pending -= n
+        except BlockingIOError:
+            return False
+        except OSError as e:
+            raise _SideError(dst, e)
+        return True
+
+    def _sync(self) -> None:
+        """Register each socket for exactly what it is waiting for."""
+        for side in (self.client, self.peer):
+            out = side.outgoing
+            want_read = not out.eof and not out.backlog
+            want_write = side.incoming.backlog
+            if want_read != side.reading:
+                side.reading = want_read
+                if want_read:
+                    self.reactor.addReader(side)
+                else:
+                    self.reactor.removeReader(side)
+            if want_write != side.writing:
+                side.writing = want_write
+                if want_write:
+                    self.reactor.addWriter(side)
+                else:
+                    self.reactor.removeWriter(side)
+
+    # -- the end ----------------------------------------------------------
+
+    def _finish(self) -> None:
+        self._teardown()
+        self.connection._set_reason("normal")
+        self._hand_back(abort=False)
+
+    def _fail(self, reason: str, detail: str) -> None:
+        if self.done:
+            return
+        self._teardown()
+        self.connection._set_reason(reason, detail)
+        self._hand_back(abort=True)
+
+    def _lost(self, side: _Socket, reason: Failure) -> None:
+        if self.done:
+            return
+        try:
+            code = side.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        except OSError:
+            code = 0
+        if code:
+            self._fail(f"{side.role}_reset", os.strerror(code))
+        else:
+            # No socket error: the reactor itself is letting go of its
+            # descriptors (disconnectAll at shutdown).
+            self._fail("shutdown", reason.getErrorMessage())
+
+    def _teardown(self) -> None:
+        self.done = True
+        for side in (self.client, self.peer):
+            if side.reading:
+                self.reactor.removeReader(side)
+            if side.writing:
+                self.reactor.removeWriter(side)
+            side.reading = side.writing = False
+            side.outgoing.close_pipe()
+
+    def _hand_back(self, abort: bool) -> None:
+        transports = (self.client.transport, self.peer.transport)
+        if abort:
+            # Registers nothing; the connectionLost calls come a turn later.
+            for t in transports:
+                t.abortConnection()
+            return
+
+        def lose() -> None:
+            # loseConnection registers the transport for writing on the fd
+            # this relay just left; a turn later, no event of the current
+            # poll batch (meant for this relay) can reach it.
+            for t in transports:
+                t.loseConnection()
+
+        self.reactor.callLater(0, lose)
+
+
+def _take_buffer(transport: Any) -> bytes:
+    """Empty a FileDescriptor's unsent write buffer, returning its bytes in order."""
+    parts: list[Any] = [memoryview(transport.dataBuffer)[transport.offset:]]
+    parts.extend(transport._tempDataBuffer)
+    transport.dataBuffer = b""
+    transport.offset = 0
+    transport._tempDataBuffer = []
+    transport._tempDataLen = 0
+    return b"".join(parts)
