@@ -10,8 +10,8 @@ from twisted.trial import unittest
 
 from switchyard.config import Listener, Route
 from switchyard.interfaces import NEED_MORE, NO, Match, MatchResult
-from switchyard.switch import SwitchFactory
 from switchyard.networks import access_rule, parse_networks
+from switchyard.switch import SwitchFactory
 from tests.fakes import CapturedEvents, RecordingTarget, ScriptedMatcher, connect
 from tests.openings import vector
 

@@ -1,0 +1,263 @@
+"""The backend target: pick a server, connect with retries or queue, then splice."""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet import defer, error
+from twisted.internet.interfaces import IHalfCloseableProtocol
+from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from switchyard.backends.discovery import Discovery
+from switchyard.backends.health import HealthChecker
+from switchyard.backends.pool import FULL, Pool, Server
+from switchyard.interfaces import IConnection, ITarget
+from switchyard.proxyheader import build_header
+
+log = Logger(namespace="switchyard.backend")
+
+_CONNECTION_DONE = Failure(error.ConnectionDone())
+
+# Cancelling a HostnameEndpoint connect (addTimeout does) fails with
+# ConnectingCancelledError rather than CancelledError.
+_TIMEOUTS = (defer.TimeoutError, defer.CancelledError, error.TimeoutError,
+             error.ConnectingCancelledError)
+
+
+@implementer(IHalfCloseableProtocol)
+class _BackendProtocol(Protocol):
+    """The backend side of a relay: everything it hears goes to the client."""
+
+    def __init__(self, connection: IConnection, release: Callable[[], None]) -> None:
+        self.connection = connection
+        self.release = release
+
+    def dataReceived(self, data: bytes) -> None:
+        self.connection.peer_data(data)
+
+    def readConnectionLost(self) -> None:
+        self.connection.peer_eof()
+
+    def writeConnectionLost(self) -> None:
+        pass
+
+    def connectionLost(self, reason: Failure = _CONNECTION_DONE) -> None:
+        self.release()
+        self.connection.peer_lost(reason)
+
+
+class _BackendFactory(Factory):
+    noisy = False  # one per connection: the access log says it all
+
+    def __init__(self, connection: IConnection, release: Callable[[], None]) -> None:
+        self.connection = connection
+        self.release = release
+
+    def buildProtocol(self, addr: Any) -> _BackendProtocol:
+        return _BackendProtocol(self.connection, self.release)
+
+
+def _client_key(address: Any) -> str:
+    """What ``source`` balancing hashes: the client's host, not its port."""
+    host = getattr(address, "host", None)
+    return str(host if host is not None else getattr(address, "name", None) or address)
+
+
+class _Dispatch:
+    """One client connection on its way to a server: attempts, failures, queueing."""
+
+    def __init__(self, target: BackendTarget, connection: Any) -> None:
+        self.target = target
+        self.connection = connection
+        self.client = _client_key(connection.client_address)
+        self.tried: set[Server] = set()
+        self.failures: list[str] = []
+        self.timed_out = False
+        self.queue_timer: Any = None
+
+    def place(self) -> None:
+        """Connect to the best server not tried yet, or queue, or give up."""
+        choice = self.target.pool.choose(self.client, self.tried)
+        if choice is FULL:
+            self.target.enqueue(self)
+        else:
+            self.proceed(choice)
+
+    def proceed(self, server: Server | None) -> None:
+        if server is None:
+            self.give_up()
+        else:
+            self._connect(server)
+
+    def give_up(self) -> None:
+        if self.failures:
+            self.connection.close("backend_timeout" if self.timed_out else "backend_refused",
+                                  "; ".join(self.failures))
+        else:
+            self.connection.close("backend_down", self.target.pool.why_none())
+
+    def _connect(self, server: Server) -> None:
+        target, connection, pool = self.target, self.connection, self.target.pool
+        pool.acquire(server)
+        self.tried.add(server)
+        connection.set_server(server.description)
+        released = False
+
+        def release() -> None:
+            nonlocal released
+            if not released:
+                released = True
+                pool.release(server)
+
+        d = server.endpoint.connect(_BackendFactory(connection, release))
+        d.addTimeout(target.connect_timeout, target.reactor)
+        connection.pending = d
+
+        def connected(protocol: _BackendProtocol) -> None:
+            connection.pending = None
+            pool.connect_succeeded(server)
+            prefix = b""
+            if target.proxy_protocol is not None:
+                prefix = build_header(target.proxy_protocol, connection.client_address,
+                                      connection.local_address, connection.facts)
+            # The switch writes the buffered opening after the prefix: only to
+            # this server, the one that accepted.
+            connection.splice(protocol.transport, prefix)
+
+        def failed(f: Failure) -> None:
+            connection.pending = None
+            if connection.closing:
+                release()  # the client left: not the server's fault
+                return
+            timed_out = f.check(*_TIMEOUTS) is not None
+            why = (f"timed out after {target.connect_timeout:g}s" if timed_out
+                   else f.getErrorMessage())
+            self.timed_out = timed_out
+            self.failures.append(f"{server.description}: {why}")
+            # Count the failure before freeing the slot, so that a queued
+            # connection is not handed the server that just failed.
+            pool.connect_failed(server, why)
+            release()
+            if len(self.tried) <= target.retries:
+                self.place()
+            else:
+                self.give_up()
+
+        d.addCallbacks(connected, failed)
+
+
+@implementer(ITarget)
+class BackendTarget:
+    """A pool of servers behind one name: balanced, retried, queued, health-checked."""
+
+    def __init__(self, name: str, pool: Pool, *, reactor: Any, proxy_protocol: str | None = None,
+                 connect_timeout: float = 5.0, retries: int = 3, max_queue: int = 256,
+                 queue_timeout: float = 5.0, checker: HealthChecker | None = None,
+                 discovery: Discovery | None = None) -> None:
+        self.name = name
+        self.pool = pool
+        self.reactor = reactor
+        self.proxy_protocol = proxy_protocol
+        self.connect_timeout = connect_timeout
+        self.retries = retries
+        self.max_queue = max_queue
+        self.queue_timeout = queue_timeout
+        self.checker = checker
+        self.discovery = discovery
+        self._queue: deque[_Dispatch] = deque()
+        self._pumping = False
+        self._pump_again = False
+        self._refusing = False  # the queue is full: logged once per episode
+        pool.on_capacity = self._pump
+
+    @property
+    def servers(self) -> tuple[Server, ...]:
+        return self.pool.servers
+
+    def attach(self, connection: IConnection) -> None:
+        _Dispatch(self, connection).place()
+
+    # -- the service's side ---------------------------------------------
+
+    def start(self) -> None:
+        """Start the health checks and DNS discovery (timers on the reactor)."""
+        if self.discovery is not None:
+            self.discovery.start()
+        if self.checker is not None:
+            self.checker.start()
+
+    def stop(self) -> defer.Deferred[None]:
+        """Stop them; fires once their connections and lookups are over."""
+        self.pool.stop()
+        waits = [part.stop() for part in (self.checker, self.discovery) if part is not None]
+        return defer.gatherResults(waits).addCallback(lambda _: None)
+
+    # -- the queue --------------------------------------------------------
+
+    def enqueue(self, dispatch: _Dispatch) -> None:
+        """Wait, bounded in number and time, for a server to have room."""
+        connection = dispatch.connection
+        if len(self._queue) >= self.max_queue:
+            if not self._refusing:
+                self._refusing = True
+                log.warn("backend {backend}: every server is at max_connections and "
+                         "{waiting} connections wait: refusing new ones", backend=self.name,
+                         waiting=len(self._queue), backend_state=True)
+            connection.close("backend_full", f"every server at max_connections, "
+                                             f"{len(self._queue)} waiting")
+            return
+        # A connection that already failed once goes back to the head of the line.
+        if dispatch.tried:
+            self._queue.appendleft(dispatch)
+        else:
+            self._queue.append(dispatch)
+        dispatch.queue_timer = self.reactor.callLater(self.queue_timeout,
+                                                      self._queue_expired, dispatch)
+        # The switch cancels ``pending`` when the client leaves: leave the queue then.
+        waiting: defer.Deferred[None] = defer.Deferred(lambda _: self._dequeue(dispatch))
+        waiting.addErrback(lambda f: f.trap(defer.CancelledError))
+        connection.pending = waiting
+
+    def _dequeue(self, dispatch: _Dispatch) -> None:
+        if dispatch in self._queue:
+            self._queue.remove(dispatch)
+        if dispatch.queue_timer is not None and dispatch.queue_timer.active():
+            dispatch.queue_timer.cancel()
+        dispatch.queue_timer = None
+        dispatch.connection.pending = None
+
+    def _queue_expired(self, dispatch: _Dispatch) -> None:
+        dispatch.queue_timer = None
+        self._dequeue(dispatch)
+        dispatch.connection.close("queue_timeout", f"no server had room within "
+                                                   f"{self.queue_timeout:g}s")
+
+    def _pump(self) -> None:
+        """Hand freed capacity to queued connections, oldest first."""
+        if self._pumping:
+            # Called back from a connect started below: go round once more.
+            self._pump_again = True
+            return
+        self._pumping = True
+        try:
+            again = True
+            while again and self._queue:
+                self._pump_again = False
+                for dispatch in list(self._queue):
+                    if dispatch not in self._queue:
+                        continue
+                    choice = self.pool.choose(dispatch.client, dispatch.tried)
+                    if choice is FULL:
+                        continue
+                    self._dequeue(dispatch)
+                    dispatch.proceed(choice)
+                again = self._pump_again
+        finally:
+            self._pumping = False
+        if len(self._queue) < max(self.max_queue, 1):
+            self._refusing = False  # room again: a new episode will be logged
