@@ -17,12 +17,15 @@ import collections
 from collections.abc import Mapping
 from typing import Any
 
+from OpenSSL import SSL
+from service_identity import VerificationError
 from twisted.internet import error
 from twisted.internet.interfaces import (
     IAddress,
     IHalfCloseableProtocol,
     IPushProducer,
     IReactorTime,
+    ISSLTransport,
 )
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
@@ -96,6 +99,7 @@ class SwitchProtocol(Protocol):
     front_address: Any = None  # the trusted load balancer, when a PROXY header was read
     _counted_host: str | None = None  # the key this connection holds in per_client
     _splicer: SpliceRelay | None = None  # the splice(2) relay, once it owns both sockets
+    _asked_tls_close = False  # we sent the TLS backend close_notify (its half-close)
     transport: Any  # a TCP (or TLS) transport: producer, consumer, half-closeable
 
     quiet = False  # set when a nested connection (TLS termination) logs for this one
@@ -357,8 +361,14 @@ class SwitchProtocol(Protocol):
 
     def peer_lost(self, reason: Failure) -> None:
         self._peer_open = False
-        if self.reason is None and not reason.check(error.ConnectionDone):
-            self._set_reason("backend_reset", reason.getErrorMessage())
+        # After our close_notify, many servers (nginx among them) close
+        # without answering theirs: that is the end we asked for, not a reset.
+        clean = reason.check(error.ConnectionDone) or (
+            self._asked_tls_close and reason.check(error.ConnectionLost))
+        if self.reason is None and not clean:
+            failed_tls = reason.check(SSL.Error, VerificationError)
+            self._set_reason("backend_tls_failed" if failed_tls else "backend_reset",
+                             reason.getErrorMessage())
         if not self.closing:
             self.closing = True
             self.transport.loseConnection()
@@ -392,7 +402,14 @@ class SwitchProtocol(Protocol):
         # ever sending its FIN (FileDescriptor.doWrite resumes it instead).
         if peer_was_producer:
             sink.unregisterProducer()
-        sink.loseWriteConnection()
+        if ISSLTransport.providedBy(sink):
+            # Twisted's TLS transport cannot half-close: a bare FIN under TLS
+            # reads as truncation. close_notify is TLS's half-close, and the
+            # transport still delivers what the server sends after it.
+            self._asked_tls_close = sink is self.peer
+            sink.loseConnection()
+        else:
+            sink.loseWriteConnection()
 
     def _maybe_finished(self) -> None:
         if self._client_eof and self._peer_eof and not self.closing:

@@ -9,15 +9,18 @@ from functools import partial
 from typing import Any
 
 import attr
+from twisted.logger import Logger
 
 from switchyard.backends.balancing import BALANCERS
 from switchyard.backends.discovery import FAMILIES, Discovered, Discovery, Found, make_resolver
 from switchyard.backends.health import CheckSpec, HealthChecker
 from switchyard.backends.pool import Pool, Server
 from switchyard.backends.target import BackendTarget
-from switchyard.endpoints import client_endpoint, split_host_port
+from switchyard.endpoints import client_endpoint, split_host_port, tls_client_endpoint
 from switchyard.interfaces import OptionError
 from switchyard.options import Options, describe_value
+
+log = Logger(namespace="switchyard.backend")
 
 DEFAULT_CONNECT_TIMEOUT = 5.0
 
@@ -27,6 +30,7 @@ BACKEND_KEYS = (
     "check", "check_interval", "check_timeout", "check_rise", "check_fall",
     "check_send", "check_expect", "passive_failures", "passive_down_time",
     "resolvers", "dns_refresh", "dns_family",
+    "tls", "tls_verify", "tls_ca", "tls_server_name",
 )
 SERVER_KEYS = ("address", "weight", "backup", "max_connections", "check", "check_port",
                "discovery")
@@ -140,24 +144,58 @@ def _resolvers(options: Options) -> tuple[tuple[str, int], ...]:
 
 
 def _ip_endpoint(reactor: Any, host: str, port: int, timeout: float) -> Any:
-    from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint
-
-    kind = TCP6ClientEndpoint if ":" in host else TCP4ClientEndpoint
-    return kind(reactor, host, port, timeout=timeout)
+    return client_endpoint("address", _join(host, port), reactor, timeout)
 
 
 def _endpoint(key: str, address: str, reactor: Any, timeout: float) -> Any:
-    """A server's endpoint; an IP address is connected to directly, because a
-    HostnameEndpoint would send even that through getaddrinfo in a thread."""
+    return client_endpoint(key, address, reactor, timeout)
+
+
+@attr.s(frozen=True, slots=True, auto_attribs=True)
+class _Origination:
+    """TLS from switchyard to the servers of a backend."""
+
+    verify: bool
+    ca_file: str | None
+    server_name: str | None
+
+    def wrap(self, key: str, endpoint: Any, address: str, reactor: Any) -> Any:
+        name = self.server_name or _host_of(address)
+        if not name:
+            raise OptionError(key, "cannot tell the server's name for TLS from "
+                                   f"{address!r}: set tls_server_name")
+        return tls_client_endpoint(reactor, endpoint, server_name=name,
+                                   verify=self.verify, ca_file=self.ca_file)
+
+
+def _host_of(address: str) -> str | None:
     hp = split_host_port(address)
     if hp is not None:
+        return hp[0]
+    found = re.search(r"(?:^|:)host=([^:]+)", address)
+    return found.group(1) if found else None
+
+
+def _origination(name: str, options: Options) -> _Origination | None:
+    if not options.flag("tls"):
+        for key in ("tls_verify", "tls_ca", "tls_server_name"):
+            if key in options:
+                raise OptionError(key, "has no effect without tls = true")
+        return None
+    verify = options.flag("tls_verify", True)
+    ca_file = options.text("tls_ca")
+    if ca_file is not None:
         try:
-            ipaddress.ip_address(hp[0])
-        except ValueError:
-            pass
-        else:
-            return _ip_endpoint(reactor, hp[0], hp[1], timeout)
-    return client_endpoint(key, address, reactor, timeout)
+            with open(ca_file, "rb") as f:
+                if b"-----BEGIN CERTIFICATE-----" not in f.read():
+                    raise OptionError("tls_ca", f"{ca_file!r} holds no PEM certificate")
+        except OSError as e:
+            raise OptionError("tls_ca", f"cannot read {ca_file!r}: {e.strerror}")
+    if not verify:
+        log.warn("backend {name}: TLS to its servers is NOT verified (tls_verify = false)",
+                 name=name)
+    return _Origination(verify=verify, ca_file=ca_file,
+                        server_name=options.text("tls_server_name"))
 
 
 def compile_backend(name: str, raw: Mapping[str, Any], reactor: Any) -> BackendTarget:
@@ -174,6 +212,7 @@ def compile_backend(name: str, raw: Mapping[str, Any], reactor: Any) -> BackendT
             if key in raw:
                 raise OptionError(key, "has no effect without check = true")
     check_spec = _check_spec(options, connect_timeout) if check else None
+    tls = _origination(name, options)
 
     servers_raw = raw.get("servers")
     if isinstance(servers_raw, (str, Mapping)):
@@ -194,6 +233,8 @@ def compile_backend(name: str, raw: Mapping[str, Any], reactor: Any) -> BackendT
                                        reactor, connect_timeout)
         endpoint = _endpoint(address_key(key, raw_entry), entry.address, reactor,
                              connect_timeout)
+        if tls is not None:
+            endpoint = tls.wrap(address_key(key, raw_entry), endpoint, entry.address, reactor)
         return Server(entry.address, endpoint,
                       weight=entry.weight, backup=entry.backup,
                       max_connections=entry.max_connections,
@@ -205,8 +246,11 @@ def compile_backend(name: str, raw: Mapping[str, Any], reactor: Any) -> BackendT
         if entry.check_port is not None:
             check_endpoint = _ip_endpoint(reactor, found.host, entry.check_port,
                                           connect_timeout)
-        return Server(found.description,
-                      _ip_endpoint(reactor, found.host, found.port, connect_timeout),
+        endpoint = _ip_endpoint(reactor, found.host, found.port, connect_timeout)
+        if tls is not None:
+            # Discovered by name: the certificate must carry that name.
+            endpoint = tls.wrap("servers", endpoint, entry.address, reactor)
+        return Server(found.description, endpoint,
                       weight=entry.weight if found.weight is None else found.weight,
                       backup=entry.backup, priority=found.priority,
                       max_connections=entry.max_connections,
