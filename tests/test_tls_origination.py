@@ -133,13 +133,15 @@ class OriginationTests(unittest.TestCase):
         out = self.curl("http://wrong.test/x")
         self.assertEqual(out.stdout, "")
         self.assertRegex(self.log_after("public/wrong-name"),
-                         r"public/wrong-name -> 127\.0\.0\.1:\d+ .*close=backend_tls_failed \(.*DNSMismatch")
+                         r"public/wrong-name -> 127\.0\.0\.1:\d+ .*"
+                         r"close=backend_tls_failed \(.*DNSMismatch")
 
     def test_unknownCaFailsWithoutOptOut(self) -> None:
         out = self.curl("http://untrusted.test/x")
         self.assertEqual(out.stdout, "")
         self.assertRegex(self.log_after("public/untrusted"),
-                         r"public/untrusted -> .*close=backend_tls_failed \(.*certificate verify failed")
+                         r"public/untrusted -> .*"
+                         r"close=backend_tls_failed \(.*certificate verify failed")
 
     def test_explicitOptOutReachesSelfSignedBackendAndSaysSo(self) -> None:
         out = self.curl("http://optout.test/x")
