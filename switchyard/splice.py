@@ -80,6 +80,8 @@ class _Socket:
     writer (the destination of ``incoming``).
     """
 
+    __slots__ = ("relay", "role", "transport", "sock", "fd", "reading", "writing",
+                 "outgoing", "incoming")
     outgoing: _Direction
     incoming: _Direction
 
@@ -114,6 +116,9 @@ class _Socket:
 
 class _Direction:
     """Bytes from ``src`` to ``dst``: first ``head`` (Twisted's unsent buffer), then the pipe."""
+
+    __slots__ = ("src", "dst", "inbound", "head", "pipe_r", "pipe_w", "capacity", "pending",
+                 "eof", "shut")
 
     def __init__(self, src: _Socket, dst: _Socket, inbound: bool, head: bytes) -> None:
         self.src = src
@@ -352,6 +357,10 @@ class SpliceRelay:
 
 def _take_buffer(transport: Any) -> bytes:
     """Empty a FileDescriptor's unsent write buffer, returning its bytes in order."""
+    if len(transport.dataBuffer) <= transport.offset and not transport._tempDataBuffer:
+        # Nothing unsent (the usual case): leave the transport's attributes
+        # alone, as assigning them would give each transport its own copies.
+        return b""
     parts: list[Any] = [memoryview(transport.dataBuffer)[transport.offset:]]
     parts.extend(transport._tempDataBuffer)
     transport.dataBuffer = b""
