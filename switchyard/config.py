@@ -113,7 +113,13 @@ def compile_config(
 ) -> Config:
     if factories is None:
         factories = matcher_factories()
-    _within("", lambda: Options(raw, ("listener", "backend", "responder", "tls")))
+    top = _within("", lambda: Options(raw, ("listener", "backend", "responder", "tls",
+                                            "workers")))
+    # Worker processes (switchyard.workers, which reads it): checked here so
+    # a bad value fails like any other key.
+    from switchyard.workers import MAX_WORKERS
+
+    _within("", lambda: top.integer("workers", 1, minimum=1, maximum=MAX_WORKERS))
     targets: dict[str, ITarget] = dict(BUILTIN_RESPONDERS)
     backends: dict[str, BackendTarget] = {}
     for section in ("backend", "responder"):

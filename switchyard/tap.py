@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import sys
+import tomllib
+from collections.abc import Mapping
 from typing import Any
 
+import attr
 from twisted.application import service
+from twisted.internet.interfaces import IStreamServerEndpoint
 from twisted.logger import Logger
 from twisted.python import usage
 
@@ -16,7 +20,7 @@ log = Logger(namespace="switchyard")
 
 
 class Options(usage.Options):
-    synopsis = "[--check] --config FILE"
+    synopsis = "[--check] [--workers N] --config FILE"
     longdesc = (
         "Listen on the ports a TOML config names, read the first bytes of every "
         "connection, and relay it to the target of the first route whose matcher "
@@ -25,6 +29,9 @@ class Options(usage.Options):
     )
     optParameters = [
         ["config", "c", None, "Path of the TOML config file (required)."],
+        ["workers", None, None, "Worker processes sharing the listening sockets, overriding "
+                                "the config's top-level workers (default 1: one process; "
+                                "see docs/workers.md).", int],
     ]
     optFlags = [
         ["check", None, "Validate the config, print a summary and exit: "
@@ -32,21 +39,49 @@ class Options(usage.Options):
     ]
 
     compiled: Config
+    workers: int = 1
+    config_text: bytes = b""  # what every worker compiles, read once
 
     def postOptions(self) -> None:
         if not self["config"]:
             raise usage.UsageError("--config FILE is required")
         from twisted.internet import reactor
 
+        from switchyard.workers import shareable, worker_count
+
+        if self["workers"] is not None:
+            try:
+                worker_count({"workers": self["workers"]})
+            except ConfigError as e:
+                raise usage.UsageError(f"--workers: {e.problem}")
         try:
             self.compiled = load(self["config"], reactor)
+            self.config_text, raw = _read_again(self["config"])
+            self.workers = (self["workers"] if self["workers"] is not None
+                            else worker_count(raw))
+            if self.workers > 1:
+                shareable(self.compiled)
         except ConfigError as e:
             # Fail before anything listens, naming the key and the problem.
             sys.stderr.write(f"switchyard: config error in {self['config']}: {e}\n")
             raise SystemExit(1)
         if self["check"]:
-            sys.stdout.write(describe(self.compiled) + "\nconfig OK\n")
+            summary = describe(self.compiled)
+            if self.workers > 1:
+                summary += f"\nworkers: {self.workers}"
+            sys.stdout.write(summary + "\nconfig OK\n")
             raise SystemExit(0)
+
+
+def _read_again(path: str) -> tuple[bytes, Mapping[str, Any]]:
+    """The config's bytes and TOML (load() has just checked them) for the workers."""
+    try:
+        with open(path, "rb") as f:
+            text = f.read()
+        return text, tomllib.loads(text.decode("utf-8"))
+    except (OSError, ValueError) as e:
+        # Only if the file changed in between.
+        raise ConfigError("", f"cannot read {path} again: {e}")
 
 
 def describe(config: Config) -> str:
@@ -70,18 +105,44 @@ def describe(config: Config) -> str:
 def makeService(options: Options) -> service.IService:
     from twisted.internet import reactor
 
+    config = options.compiled
+    if options.workers > 1:
+        from switchyard.workers import WorkerSupervisor
+
+        top = service.MultiService()
+        _StopOnSignals(reactor).setServiceParent(top)
+        WorkerSupervisor(config, options.config_text, options.workers,
+                         reactor).setServiceParent(top)
+    else:
+        top = switch_service(config, reactor)
+    log.info("switchyard: {config} compiled:\n{summary}", config=config.path,
+             summary=describe(config) + (f"\nworkers: {options.workers}"
+                                         if options.workers > 1 else ""))
+    return top
+
+
+def switch_service(config: Config, reactor: Any,
+                   endpoints: Mapping[str, IStreamServerEndpoint] | None = None,
+                   worker: bool = False) -> service.MultiService:
+    """The listeners, graceful stop and certificate reload of one switching process.
+
+    A worker passes the ``endpoints`` of the sockets it inherited, by
+    listener name, and always handles SIGHUP (its parent forwards it).
+    """
+    from switchyard.backends import backends_service
     from switchyard.service import ListenerService
 
-    config = options.compiled
     top = service.MultiService()
     _StopOnSignals(reactor).setServiceParent(top)
+    # Health checks and DNS discovery run before the listeners accept.
+    backends_service(config).setServiceParent(top)
     for listener in config.listeners:
+        if endpoints is not None:
+            listener = attr.evolve(listener, endpoint=endpoints[listener.name])
         ListenerService(listener, reactor).setServiceParent(top)
     tls_targets = [t for t in config.targets.values() if isinstance(t, TerminateTarget)]
-    if tls_targets:
+    if tls_targets or worker:
         _CertificateService(CertificateWatcher(tls_targets, reactor)).setServiceParent(top)
-    log.info("switchyard: {config} compiled:\n{summary}", config=config.path,
-             summary=describe(config))
     return top
 
 
@@ -93,6 +154,7 @@ class _StopOnSignals(service.Service):
 
     def __init__(self, reactor: Any) -> None:
         self.reactor = reactor
+        self.stopping = False
 
     def startService(self) -> None:
         super().startService()
@@ -108,13 +170,22 @@ class _StopOnSignals(service.Service):
     def _stop(self, signum: int, frame: Any) -> None:
         import signal
 
-        log.info("switchyard: {signal} received, stopping",
-                 signal=signal.Signals(signum).name)
+        name = signal.Signals(signum).name
+        if self.stopping:
+            # e.g. Ctrl-C reaches workers directly and through their parent.
+            log.info("switchyard: {signal} received, already stopping", signal=name)
+            return
+        self.stopping = True
+        log.info("switchyard: {signal} received, stopping", signal=name)
         self.reactor.callFromThread(self.reactor.stop)
 
 
 class _CertificateService(service.Service):
-    """Watch certificate files while running; SIGHUP reloads them at once."""
+    """Watch certificate files while running; SIGHUP reloads them at once.
+
+    (A worker has one even without TLS targets, so a forwarded SIGHUP is
+    logged rather than fatal.)
+    """
 
     def __init__(self, watcher: CertificateWatcher) -> None:
         self.watcher = watcher
@@ -123,16 +194,24 @@ class _CertificateService(service.Service):
         import signal
 
         super().startService()
-        self.watcher.start()
+        if self.watcher.targets:
+            self.watcher.start()
         reactor = self.watcher.reactor
-        signal.signal(signal.SIGHUP,
-                      lambda *_: reactor.callFromThread(self.watcher.reload_all))
+        signal.signal(signal.SIGHUP, lambda *_: reactor.callFromThread(self._hangup))
+
+    def _hangup(self) -> None:
+        if not self.watcher.targets:
+            log.info("switchyard: SIGHUP received: no TLS certificates to reload")
+            return
+        log.info("switchyard: SIGHUP received: reloading the certificates of {targets}",
+                 targets=", ".join(t.name for t in self.watcher.targets))
+        self.watcher.reload_all()
 
     def stopService(self) -> None:
         self.watcher.stop()
         return super().stopService()
 
 
-__all__ = ["Options", "makeService"]
+__all__ = ["Options", "makeService", "switch_service"]
 
 

@@ -1,0 +1,604 @@
+"""Several worker processes on one port: a supervising parent and its workers."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import socket
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from functools import partial
+from typing import TYPE_CHECKING, Any
+
+from twisted.application import service
+from twisted.internet import defer, error, protocol
+from twisted.internet.interfaces import (
+    IListeningPort,
+    IProtocolFactory,
+    IReadDescriptor,
+    IStreamServerEndpoint,
+)
+from twisted.logger import (
+    ILogObserver,
+    Logger,
+    LogLevel,
+    eventAsJSON,
+    eventFromJSON,
+    formatEvent,
+    globalLogBeginner,
+    globalLogPublisher,
+)
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+if TYPE_CHECKING:
+    from switchyard.config import Config
+
+MAX_WORKERS = 256
+
+# The worker's end of its pipes: its structured log, then one fd per listener.
+LOG_FD = 3
+FIRST_LISTENER_FD = 4
+
+# Restart back-off: the first restart of a worker slot waits RESTART_DELAY,
+# each further one twice as long up to MAX_RESTART_DELAY; a worker that ran
+# for STABLE_AFTER seconds starts the count again.
+RESTART_DELAY = 0.5
+MAX_RESTART_DELAY = 30.0
+STABLE_AFTER = 10.0
+# A worker's info and debug log lines reach the parent at most this late.
+LOG_BATCH_DELAY = 0.1
+# On stop, workers get the longest grace period plus this before SIGKILL.
+STOP_SLACK = 10.0
+
+log = Logger(namespace="switchyard.workers")
+_LEVELS = frozenset(LogLevel.iterconstants())
+_BATCHED = frozenset({LogLevel.debug, LogLevel.info})
+
+
+def worker_count(raw: Mapping[str, Any]) -> int:
+    """The top-level ``workers`` setting of a parsed (and compiled) config."""
+    from switchyard.config import ConfigError
+    from switchyard.interfaces import OptionError
+    from switchyard.options import Options
+
+    try:
+        return Options({"workers": raw.get("workers", 1)}, ("workers",)).integer(
+            "workers", 1, minimum=1, maximum=MAX_WORKERS)
+    except OptionError as e:
+        raise ConfigError(e.key, e.problem)
+
+
+def shareable(config: Config) -> None:
+    """Raise ConfigError for a listener whose socket a worker cannot adopt.
+
+    Workers take over plain listening sockets (TCP, unix, systemd-passed);
+    an ``ssl:`` endpoint wraps its port in TLS that adoptStreamPort would lose.
+    """
+    from twisted.internet.endpoints import (
+        AdoptedStreamServerEndpoint,
+        TCP4ServerEndpoint,
+        TCP6ServerEndpoint,
+        UNIXServerEndpoint,
+    )
+
+    from switchyard.config import ConfigError
+
+    kinds = (TCP4ServerEndpoint, TCP6ServerEndpoint, UNIXServerEndpoint,
+             AdoptedStreamServerEndpoint)
+    for listener in config.listeners:
+        if not isinstance(listener.endpoint, kinds):
+            raise ConfigError(f"listener.{listener.name}.listen",
+                              f"{listener.listen!r} cannot be shared by workers "
+                              "(workers > 1 takes tcp, tcp6, unix and systemd listeners; "
+                              "terminate TLS with a [tls.NAME] target instead)")
+
+
+# -- the parent ---------------------------------------------------------------
+
+
+class _SharedWithWorkers(protocol.Factory):
+    """The factory of the parent's own ports, which never accept: workers do."""
+
+    noisy = False
+
+    def buildProtocol(self, addr: Any) -> None:
+        return None
+
+
+class WorkerSupervisor(service.Service):
+    """Open every listener's socket, run ``count`` workers on them, keep them running.
+
+    The parent accepts nothing itself. SIGHUP is forwarded to every worker;
+    stopping (SIGTERM, SIGINT) closes the parent's copies of the sockets,
+    sends SIGTERM to every worker and waits for all of them to exit.
+    """
+
+    def __init__(self, config: Config, config_text: bytes, count: int, reactor: Any) -> None:
+        self.config = config
+        self.config_text = config_text
+        self.count = count
+        self.reactor = reactor
+        self.ports: dict[str, Any] = {}
+        self.workers: dict[int, _WorkerProtocol] = {}
+        self.failures: dict[int, int] = {}
+        self.restarts: dict[int, Any] = {}
+        self.stopping = False
+        self._exits: dict[int, defer.Deferred[None]] = {}
+        self._kill_timer: Any = None
+        self._ever_started: set[int] = set()
+
+    def privilegedStartService(self) -> None:
+        # Before privileges are dropped, and before any worker exists: a port
+        # that cannot be bound stops twistd here, exit non-zero.
+        super().privilegedStartService()
+        for listener in self.config.listeners:
+            results: list[Any] = []
+            assert listener.endpoint is not None  # a top-level listener always has one
+            listener.endpoint.listen(_SharedWithWorkers()).addBoth(results.append)
+            if not results:
+                raise RuntimeError(f"listener {listener.name}: {listener.listen!r} "
+                                   "did not listen synchronously")
+            if isinstance(results[0], Failure):
+                results[0].raiseException()
+            port = results[0]
+            # Only the workers accept; the parent keeps the socket open so a
+            # restarted worker can inherit it again.
+            port.stopReading()
+            # Closing it must only drop this process's reference: Twisted's
+            # shutdown() before close() would stop the workers' copies too.
+            port._shouldShutdown = False
+            self.ports[listener.name] = port
+
+    def startService(self) -> None:
+        super().startService()
+        signal.signal(signal.SIGHUP, lambda *_: self.reactor.callFromThread(self.hangup))
+        for worker_id in range(1, self.count + 1):
+            self._spawn(worker_id)
+
+    def command(self, worker_id: int) -> tuple[list[str], dict[int, Any]]:
+        """The worker's argv and its childFDs."""
+        argv = [sys.executable, "-P", "-m", "switchyard.workers",
+                "--config", os.path.abspath(self.config.path),
+                "--worker-id", str(worker_id), "--log-fd", str(LOG_FD)]
+        child_fds: dict[int, Any] = {0: "w", 1: "r", 2: "r", LOG_FD: "r"}
+        for i, (name, port) in enumerate(self.ports.items()):
+            fd = FIRST_LISTENER_FD + i
+            child_fds[fd] = port.fileno()
+            argv += ["--fd", f"{name}={fd}"]
+        return argv, child_fds
+
+    def _spawn(self, worker_id: int) -> None:
+        self.restarts.pop(worker_id, None)
+        if self.stopping:
+            return
+        argv, child_fds = self.command(worker_id)
+        worker = _WorkerProtocol(self, worker_id)
+        # The worker imports the same switchyard as this process.
+        package_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root,
+                                                          env.get("PYTHONPATH")]))
+        try:
+            self.reactor.spawnProcess(worker, sys.executable, argv, env=env,
+                                      childFDs=child_fds)
+        except OSError as e:
+            delay = self._back_off(worker_id, ran=0.0)
+            log.error("worker {worker} cannot start: {error}; trying again in {delay:g}s",
+                      worker=worker_id, error=e, delay=delay)
+            self._schedule_restart(worker_id, delay)
+            return
+        worker.started = self.reactor.seconds()
+        self.workers[worker_id] = worker
+        restarted = worker_id in self._ever_started
+        self._ever_started.add(worker_id)
+        log.info("worker {worker} {what} (pid {pid})", worker=worker_id, pid=worker.pid,
+                 what="restarted" if restarted else "started")
+
+    def hangup(self) -> None:
+        """SIGHUP: every worker reloads its certificates."""
+        ids = sorted(self.workers)
+        log.info("SIGHUP received: forwarding it to workers {ids}",
+                 ids=", ".join(map(str, ids)) or "(none running)")
+        for worker in self.workers.values():
+            worker.hangup()
+
+    def worker_ended(self, worker: _WorkerProtocol, reason: Failure) -> None:
+        if self.workers.get(worker.worker_id) is worker:
+            del self.workers[worker.worker_id]
+        status = _exit_status(reason)
+        if self.stopping:
+            log.info("worker {worker} (pid {pid}) exited: {status}", worker=worker.worker_id,
+                     pid=worker.pid, status=status)
+            waiting = self._exits.pop(worker.worker_id, None)
+            if waiting is not None:
+                waiting.callback(None)
+            return
+        ran = self.reactor.seconds() - worker.started
+        delay = self._back_off(worker.worker_id, ran)
+        log.warn("worker {worker} (pid {pid}) died unexpectedly after {ran:.1f}s: {status}; "
+                 "restarting it in {delay:g}s", worker=worker.worker_id, pid=worker.pid,
+                 ran=ran, status=status, delay=delay)
+        self._schedule_restart(worker.worker_id, delay)
+
+    def _back_off(self, worker_id: int, ran: float) -> float:
+        """How long to wait before the next start: a crash loop cannot spin."""
+        if ran >= STABLE_AFTER:
+            self.failures[worker_id] = 0
+        failures = self.failures.get(worker_id, 0)
+        self.failures[worker_id] = failures + 1
+        return min(MAX_RESTART_DELAY, RESTART_DELAY * 2 ** failures)
+
+    def _schedule_restart(self, worker_id: int, delay: float) -> None:
+        if worker_id not in self.restarts:
+            self.restarts[worker_id] = self.reactor.callLater(delay, self._spawn, worker_id)
+
+    def stopService(self) -> defer.Deferred[Any]:
+        super().stopService()
+        self.stopping = True
+        for timer in self.restarts.values():
+            if timer.active():
+                timer.cancel()
+        self.restarts.clear()
+        # Closing the parent's copies first means the sockets are gone (no
+        # new connection queues) as soon as every worker stopped accepting.
+        waiting: list[defer.Deferred[Any]] = [
+            defer.maybeDeferred(port.stopListening) for port in self.ports.values()]
+        if self.workers:
+            log.info("stopping workers {ids}", ids=", ".join(map(str, sorted(self.workers))))
+        for worker_id, worker in self.workers.items():
+            exited: defer.Deferred[None] = defer.Deferred()
+            self._exits[worker_id] = exited
+            waiting.append(exited)
+            worker.signal("TERM")
+        if self._exits:
+            grace = max((listener.grace_period for listener in self.config.listeners),
+                        default=0.0)
+            self._kill_timer = self.reactor.callLater(grace + STOP_SLACK, self._kill_rest)
+        done = defer.gatherResults(waiting, consumeErrors=True)
+        done.addBoth(self._stopped)
+        return done
+
+    def _kill_rest(self) -> None:
+        for worker in self.workers.values():
+            log.warn("worker {worker} (pid {pid}) did not stop in time: killing it",
+                     worker=worker.worker_id, pid=worker.pid)
+            worker.signal("KILL")
+
+    def _stopped(self, result: Any) -> None:
+        if self._kill_timer is not None and self._kill_timer.active():
+            self._kill_timer.cancel()
+        log.info("every worker has exited")
+
+
+def _exit_status(reason: Failure) -> str:
+    value = reason.value
+    signum = getattr(value, "signal", None)
+    if signum:
+        try:
+            return f"killed by {signal.Signals(signum).name}"
+        except ValueError:
+            return f"killed by signal {signum}"
+    code = getattr(value, "exitCode", None)
+    return f"exit status {code if code is not None else 0}"
+
+
+class _WorkerProtocol(protocol.ProcessProtocol):
+    """One worker seen from the parent: its config on stdin, its logs back."""
+
+    transport: Any  # an IProcessTransport once spawned
+
+    def __init__(self, supervisor: WorkerSupervisor, worker_id: int) -> None:
+        self.supervisor = supervisor
+        self.worker_id = worker_id
+        self.pid: int | None = None
+        self.started = 0.0
+        self.ready = False
+        self.hangup_pending = False
+        self._partial: dict[int, bytes] = {}
+
+    def connectionMade(self) -> None:
+        self.pid = self.transport.pid
+        text = self.supervisor.config_text
+        # Stdin stays open afterwards: its end of file tells the worker that
+        # the parent is gone.
+        self.transport.write(b"%d\n" % len(text) + text)
+
+    def signal(self, name: str) -> None:
+        try:
+            self.transport.signalProcess(name)
+        except error.ProcessExitedAlready:
+            pass
+
+    def hangup(self) -> None:
+        # Until its handler is installed, SIGHUP would kill a starting
+        # worker: it gets the signal once it says it is ready.
+        if self.ready:
+            self.signal("HUP")
+        else:
+            self.hangup_pending = True
+
+    def childDataReceived(self, childFD: int, data: bytes) -> None:
+        lines = (self._partial.pop(childFD, b"") + data).split(b"\n")
+        if lines[-1]:
+            self._partial[childFD] = lines[-1]
+        for line in lines[:-1]:
+            self._line(childFD, line)
+
+    def childConnectionLost(self, childFD: int) -> None:
+        rest = self._partial.pop(childFD, b"")
+        if rest:
+            self._line(childFD, rest)
+
+    def _line(self, childFD: int, line: bytes) -> None:
+        if not line.strip():
+            return
+        if childFD == LOG_FD:
+            event = relay_event(self.worker_id, line)
+            if event is not None and event.get("switchyard_worker_ready"):
+                self.ready = True
+                if self.hangup_pending:
+                    self.hangup_pending = False
+                    self.signal("HUP")
+        else:
+            # Whatever bypassed the worker's logging (an interpreter crash).
+            stream = "stdout" if childFD == 1 else "stderr"
+            log.warn("[worker {worker}] {stream}: {line}", worker=self.worker_id,
+                     stream=stream, line=line.decode("utf-8", "replace").rstrip())
+
+    def processEnded(self, reason: Failure) -> None:
+        self.supervisor.worker_ended(self, reason)
+
+
+def relay_event(worker_id: int, line: bytes) -> dict[str, Any] | None:
+    """Publish a worker's log event in the parent, marked with ``worker``.
+
+    The event keeps its namespace, level, time and fields (an access-log
+    event is still ``switchyard_access``); its text starts ``[worker K]``.
+    """
+    try:
+        event = eventFromJSON(line.decode("utf-8"))
+        if not isinstance(event, dict):
+            raise ValueError("not an event")
+    except Exception:
+        # Not an event (a worker cannot send anything else here, but its
+        # text must not be lost if it did).
+        log.warn("[worker {worker}] {line}", worker=worker_id,
+                 line=line.decode("utf-8", "replace").rstrip())
+        return None
+    event["worker"] = worker_id
+    event["log_format"] = "[worker {worker}] {worker_text}"
+    event.setdefault("worker_text", "")
+    # What every observer expects, should a line lack it.
+    event.setdefault("log_time", time.time())
+    event.setdefault("log_namespace", log.namespace)
+    if event.get("log_level") not in _LEVELS:
+        event["log_level"] = LogLevel.info
+    globalLogPublisher(event)
+    return event
+
+
+# -- a worker -----------------------------------------------------------------
+
+
+@implementer(IStreamServerEndpoint)
+class InheritedEndpoint:
+    """A listening socket the parent opened, inherited as file descriptor ``fd``."""
+
+    def __init__(self, reactor: Any, fd: int) -> None:
+        self.reactor = reactor
+        self.fd = fd
+
+    def listen(self, factory: IProtocolFactory) -> defer.Deferred[IListeningPort]:
+        from twisted.internet.endpoints import AdoptedStreamServerEndpoint
+
+        probe = socket.socket(fileno=os.dup(self.fd))
+        family = probe.family
+        probe.close()
+        # The endpoint closes our copy of the fd once adopted, so stopping
+        # this worker's port really stops it accepting.
+        listening = AdoptedStreamServerEndpoint(self.reactor, self.fd, family).listen(factory)
+        if family == socket.AF_UNIX:
+            listening.addCallback(_leave_socket_file)
+        return listening
+
+
+def _leave_socket_file(port: Any) -> Any:
+    """A worker's unix port stops without touching what the others still serve.
+
+    Twisted's unix port would unlink the socket file (the parent removes it
+    at the end instead) and, unlike its TCP port, shutdown() an adopted
+    socket, which stops every process's copy.
+    """
+    from twisted.internet import tcp
+
+    port.connectionLost = partial(tcp.Port.connectionLost, port)
+    port._shouldShutdown = False
+    return port
+
+
+@implementer(IReadDescriptor)
+class _ParentWatch:
+    """End of file on stdin: the parent died without stopping us, so stop."""
+
+    def __init__(self, reactor: Any) -> None:
+        self.reactor = reactor
+        self.stopping = False
+        reactor.addSystemEventTrigger("before", "shutdown", self._stopping)
+
+    def _stopping(self) -> None:
+        self.stopping = True
+
+    def fileno(self) -> int:
+        return 0
+
+    def logPrefix(self) -> str:
+        return "parent"
+
+    def doRead(self) -> Any:
+        try:
+            if os.read(0, 4096):
+                return None
+        except BlockingIOError:
+            return None
+        except OSError:
+            pass
+        return error.ConnectionDone()
+
+    def connectionLost(self, reason: Failure) -> None:
+        # (epoll reports the closed pipe as a hang-up, without a read.) The
+        # reactor also disconnects every reader when it shuts down: that is
+        # not the parent leaving.
+        if self.stopping:
+            return
+        log.warn("the parent process is gone: stopping")
+        self.reactor.stop()
+
+
+@implementer(ILogObserver)
+class _JSONLines:
+    """The worker's log observer: one JSON event a line, to the parent.
+
+    While the reactor runs, lines are written in batches at most
+    LOG_BATCH_DELAY late: one write (and one read in the parent) carries
+    many access-log lines, where a write per line made the logs cost more
+    than the connections. Warnings, errors and the ready event go at once.
+    """
+
+    def __init__(self, out: Any) -> None:
+        self.out = out  # a buffered text file
+        self.reactor: Any = None
+        self._pending: Any = None
+
+    def batch(self, reactor: Any) -> None:
+        self.reactor = reactor
+
+    def stop_batching(self) -> None:
+        self.reactor = None
+        self.flush()
+
+    def __call__(self, event: dict[str, Any]) -> None:
+        _write_event(self.out, event)
+        if (self.reactor is None or event.get("log_level") not in _BATCHED
+                or event.get("switchyard_worker_ready")):
+            self.flush()
+        elif self._pending is None:
+            self._pending = self.reactor.callLater(LOG_BATCH_DELAY, self.flush)
+
+    def flush(self) -> None:
+        if self._pending is not None:
+            if self._pending.active():
+                self._pending.cancel()
+            self._pending = None
+        try:
+            self.out.flush()
+        except (OSError, ValueError):
+            pass  # the parent is gone; _ParentWatch stops this worker
+
+
+def _write_event(out: Any, event: dict[str, Any]) -> None:
+    # The text is formatted here, where the values are live: Twisted's own
+    # flattening for JSON drops format specs ({duration:.3f}). The fields
+    # travel as they are, for the parent's structured observers.
+    shipped = {k: v for k, v in event.items() if k not in ("log_format", "log_flattened")}
+    shipped["worker_text"] = formatEvent(event)
+    try:
+        line = eventAsJSON(shipped)
+    except Exception:
+        # A field that cannot be serialised: keep the text and the basics.
+        line = eventAsJSON({k: v for k, v in shipped.items()
+                            if k.startswith("log_") and k != "log_failure"}
+                           | {"worker_text": shipped["worker_text"]})
+    try:
+        out.write(line + "\n")
+    except (OSError, ValueError):
+        pass  # the parent is gone (see _JSONLines.flush)
+
+
+def _read_config(fd: int) -> bytes:
+    """The config text the parent writes first on stdin: ``LENGTH\\n`` then the bytes."""
+    header = b""
+    while not header.endswith(b"\n"):
+        chunk = os.read(fd, 1)
+        if not chunk:
+            raise RuntimeError("stdin closed before the config arrived")
+        header += chunk
+    size = int(header)
+    data = b""
+    while len(data) < size:
+        chunk = os.read(fd, size - len(data))
+        if not chunk:
+            raise RuntimeError(f"stdin closed after {len(data)} of {size} config bytes")
+        data += chunk
+    return data
+
+
+def _arguments(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m switchyard.workers",
+        description="One switchyard worker; started by `twistd switchyard` with workers > 1, "
+                    "which writes the config text on its stdin.")
+    parser.add_argument("--config", required=True,
+                        help="the config's path (for relative paths and logs)")
+    parser.add_argument("--worker-id", type=int, required=True)
+    parser.add_argument("--log-fd", type=int, required=True,
+                        help="where to write log events, as JSON lines")
+    parser.add_argument("--fd", action="append", default=[], metavar="LISTENER=FD",
+                        help="a listening socket to adopt for the named listener")
+    args = parser.parse_args(argv)
+    fds: dict[str, int] = {}
+    for item in args.fd:
+        name, _, fd = item.rpartition("=")
+        fds[name] = int(fd)
+    args.fds = fds
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one worker until SIGTERM/SIGINT (or the parent's death); 0 after a graceful stop."""
+    import tomllib
+
+    args = _arguments(argv)
+    out = os.fdopen(args.log_fd, "w", encoding="utf-8", buffering=1 << 16)
+    observer = _JSONLines(out)
+    globalLogBeginner.beginLoggingTo([observer])
+    try:
+        from twisted.internet import reactor
+
+        from switchyard.config import compile_config
+        from switchyard.tap import switch_service
+
+        text = _read_config(0)
+        config = compile_config(tomllib.loads(text.decode("utf-8")), reactor,
+                                path=args.config)
+        endpoints = {name: InheritedEndpoint(reactor, fd) for name, fd in args.fds.items()}
+        top = switch_service(config, reactor, endpoints=endpoints, worker=True)
+        top.privilegedStartService()
+        top.startService()
+    except BaseException:
+        log.failure("could not start")
+        return 3
+    reactor.addSystemEventTrigger("before", "shutdown", top.stopService)
+    os.set_blocking(0, False)
+    reactor.addReader(_ParentWatch(reactor))
+    log.info("ready (pid {pid}): serving {listeners}", pid=os.getpid(),
+             listeners=", ".join(args.fds), switchyard_worker_ready=True)
+    reactor.callWhenRunning(observer.batch, reactor)
+    reactor.addSystemEventTrigger("after", "shutdown", observer.stop_batching)
+    reactor.run()
+    observer.stop_batching()
+    # The reactor restores the default handlers when it stops: a late signal
+    # (Ctrl-C reaches workers and their parent) must not turn a clean exit
+    # into a death by signal.
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(signum, signal.SIG_IGN)
+    return 0
+
+
+if __name__ == "__main__":
+    # Through the package, so the classes here are switchyard.workers', not __main__'s.
+    from switchyard.workers import main as _main
+
+    sys.exit(_main())
