@@ -114,6 +114,11 @@ class _Socket:
         self.relay._lost(self, reason)
 
 
+# Empty pipes shared by every relay of the process, reused before new ones.
+_SPARE_PIPES: list[tuple[int, int, int]] = []
+_MAX_SPARE_PIPES = 64
+
+
 class _Direction:
     """Bytes from ``src`` to ``dst``: first ``head`` (Twisted's unsent buffer), then the pipe."""
 
@@ -137,6 +142,9 @@ class _Direction:
         return bool(self.head) or self.pending > 0
 
     def open_pipe(self) -> None:
+        if _SPARE_PIPES:
+            self.pipe_r, self.pipe_w, self.capacity = _SPARE_PIPES.pop()
+            return
         # Made on first use, so held idle connections cost no pipes.
         self.pipe_r, self.pipe_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         try:
@@ -144,6 +152,17 @@ class _Direction:
         except OSError:
             # Over pipe-max-size or the user's pipe quota: the default will do.
             self.capacity = fcntl.fcntl(self.pipe_w, fcntl.F_GETPIPE_SZ)
+
+    def release_pipe(self) -> None:
+        """Give back an empty pipe: only directions with bytes in flight hold one,
+        so thousands of quiet connections do not hold two pipes (4 fds) each."""
+        if self.pipe_r < 0 or self.pending:
+            return
+        if len(_SPARE_PIPES) < _MAX_SPARE_PIPES:
+            _SPARE_PIPES.append((self.pipe_r, self.pipe_w, self.capacity))
+            self.pipe_r = self.pipe_w = -1
+        else:
+            self.close_pipe()
 
     def close_pipe(self) -> None:
         for fd in (self.pipe_r, self.pipe_w):
@@ -234,6 +253,7 @@ class SpliceRelay:
                 return  # the source stays registered: the reactor comes back
             n = self._fill(d)
             if n is None:
+                d.release_pipe()  # drained, and src has nothing more for now
                 return
             moved += n
         # dst is full: _sync stops reading src until dst is writable.
