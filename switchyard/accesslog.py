@@ -47,19 +47,19 @@ def emit_access_event(connection: Any) -> None:
     facts = {k: v for k, v in connection.facts.items() if k not in _CONNECTION_FACTS}
     route = connection.route.name if connection.route is not None else "-"
     detail = connection.detail
-    log.info(
-        ACCESS_FORMAT,
-        switchyard_access=True,
+    fields = dict(
         client=format_address(connection.client_address),
         listener=connection.listener_label,
         route=route,
         server=connection.server or "-",
-        facts=facts,
         facts_text=format_facts(facts),
         bytes_in=connection.bytes_in,
         bytes_out=connection.bytes_out,
         duration=connection.reactor.seconds() - connection.started,
         reason=connection.reason or "normal",
-        detail=detail,
         detail_text=f" ({detail})" if detail else "",
     )
+    # The line is formatted here, in C (str.format), rather than by the log
+    # observer's pure-Python formatter: a tenth of a connection's cost.
+    log.info("{access_line}", access_line=ACCESS_FORMAT.format(**fields),
+             switchyard_access=True, facts=facts, detail=detail, **fields)

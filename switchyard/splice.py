@@ -153,6 +153,11 @@ class _Direction:
             # Over pipe-max-size or the user's pipe quota: the default will do.
             self.capacity = fcntl.fcntl(self.pipe_w, fcntl.F_GETPIPE_SZ)
 
+    def recycle_pipe(self) -> None:
+        """At the end of a relay: keep the pipe for the next one if it is empty."""
+        self.release_pipe()
+        self.close_pipe()  # what release_pipe kept (bytes left, or the pool is full)
+
     def release_pipe(self) -> None:
         """Give back an empty pipe: only directions with bytes in flight hold one,
         so thousands of quiet connections do not hold two pipes (4 fds) each."""
@@ -355,7 +360,7 @@ class SpliceRelay:
             if side.writing:
                 self.reactor.removeWriter(side)
             side.reading = side.writing = False
-            side.outgoing.close_pipe()
+            side.outgoing.recycle_pipe()
 
     def _hand_back(self, abort: bool) -> None:
         transports = (self.client.transport, self.peer.transport)
