@@ -45,3 +45,13 @@ def run_twistd(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[s
     """Run twistd to completion (``--check``, ``--help``...)."""
     return subprocess.run([*TWISTD, *args], capture_output=True, text=True, timeout=timeout,
                           env={**os.environ, **env()}, cwd=REPO, stdin=subprocess.DEVNULL)
+
+
+def log_after(running: Running, needle: str, timeout: float = 5.0) -> str:
+    """The program's log, once ``needle`` is in it (or ``timeout`` has passed)."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while needle not in running.log_text() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return running.log_text()

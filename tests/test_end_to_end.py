@@ -14,7 +14,7 @@ import time
 from twisted.trial import unittest
 
 from tests import traffic
-from tests.daemon import start_switchyard
+from tests.daemon import log_after, start_switchyard
 from tests.peers import free_port, make_ca, start_haproxy, start_nginx, start_sshd
 
 NGINX = """
@@ -205,13 +205,6 @@ class OnePortTests(unittest.TestCase):
             config = config.replace("{" + k + "}", str(v))
         self.switchyard = start_switchyard(self, config, self.port)
 
-    def access_lines(self, wait_for: str = "", timeout: float = 5) -> str:
-        deadline = time.monotonic() + timeout
-        while True:
-            text = self.switchyard.log_text()
-            if wait_for in text or time.monotonic() > deadline:
-                return text
-            time.sleep(0.05)
 
     def curl(self, url: str, *extra: str) -> str:
         host = re.match(r"https?://([^:/]+)", url).group(1)  # type: ignore[union-attr]
@@ -226,7 +219,7 @@ class OnePortTests(unittest.TestCase):
 
     def test_tlsExactSniReachesItsServer(self) -> None:
         self.assertEqual(self.curl(f"https://a.example.com:{self.port}/"), "tls-a\n")
-        log = self.access_lines("route=")
+        log = log_after(self.switchyard, "route=")
         self.assertRegex(log, r"public/tls-named -> 127\.0\.0\.1:\d+ facts\[.*sni=a\.example\.com")
 
     def test_tlsWildcardSniReachesItsServer(self) -> None:
@@ -236,7 +229,8 @@ class OnePortTests(unittest.TestCase):
     def test_tlsWithoutSniHasItsOwnRouteAndLogSaysSo(self) -> None:
         # curl sends no SNI to an IP address.
         self.assertEqual(self.curl(f"https://127.0.0.1:{self.port}/"), "tls-nosni\n")
-        self.assertRegex(self.access_lines("tls-nosni ->"), r"public/tls-nosni -> .*sni=none")
+        log = log_after(self.switchyard, "tls-nosni ->")
+        self.assertRegex(log, r"public/tls-nosni -> .*sni=none")
 
     def test_tlsWithAlpnFromOpensslClient(self) -> None:
         out = subprocess.run(
@@ -246,7 +240,7 @@ class OnePortTests(unittest.TestCase):
             input=b"GET / HTTP/1.0\r\nHost: a.example.com\r\n\r\n", capture_output=True,
             timeout=30)
         self.assertIn(b"tls-a", out.stdout, out.stderr)
-        self.assertRegex(self.access_lines("alpn="), r"alpn=h2,http/1.1")
+        self.assertRegex(log_after(self.switchyard, "alpn="), r"alpn=h2,http/1.1")
 
     # -- SSH, HTTP ---------------------------------------------------------
 
@@ -254,7 +248,8 @@ class OnePortTests(unittest.TestCase):
         out = subprocess.run(self.sshd.ssh_command(self.port, "echo", "through-switchyard"),
                              capture_output=True, text=True, timeout=60)
         self.assertEqual(out.stdout, "through-switchyard\n", out.stderr)
-        self.assertRegex(self.access_lines("/ssh"), r"public/ssh -> .*banner=SSH-2\.0-OpenSSH")
+        log = log_after(self.switchyard, "/ssh")
+        self.assertRegex(log, r"public/ssh -> .*banner=SSH-2\.0-OpenSSH")
 
     def test_httpRoutedByHostAndPathPrefix(self) -> None:
         self.assertEqual(self.curl(f"http://web.example.com:{self.port}/api/v1?q=1"),
@@ -310,7 +305,7 @@ class OnePortTests(unittest.TestCase):
                        for seed, (send, receive) in enumerate(jobs)]
             results = [f.result(timeout=120) for f in futures]
         self.assertEqual(len(results), 50)
-        log = self.access_lines()
+        log = self.switchyard.log_text()
         self.assertEqual(len(re.findall(r"public/default -> .* close=normal", log)), 50, log)
 
     def test_silentClientReachesTheTimeoutRoute(self) -> None:
@@ -322,12 +317,12 @@ class OnePortTests(unittest.TestCase):
             waited = time.monotonic() - started
         self.assertTrue(banner.startswith(b"SSH-2.0-OpenSSH"), banner)
         self.assertGreater(waited, 1.0)
-        self.assertRegex(self.access_lines("on_timeout"), r"public/on_timeout -> tcp:host")
+        self.assertRegex(log_after(self.switchyard, "on_timeout"), r"public/on_timeout -> tcp:host")
 
     def test_garbageGoesToDefaultAndClosesCleanly(self) -> None:
         # Anything unrecognised reaches the default route, PROXY-free and intact.
         traffic.exchange(self.port, 10, 10)
-        self.assertIn("public/default", self.access_lines("public/default"))
+        self.assertIn("public/default", log_after(self.switchyard, "public/default"))
 
 
 

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import socket
 import subprocess
-import time
 
 from twisted.trial import unittest
 
 from tests import traffic
-from tests.daemon import start_switchyard
+from tests.daemon import log_after, start_switchyard
 from tests.peers import free_port, start_haproxy, start_nginx
 
 HAPROXY = """
@@ -86,18 +85,14 @@ class InboundProxyTests(unittest.TestCase):
                                f"http://127.0.0.1:{port}/"],
                               capture_output=True, text=True, timeout=30)
 
-    def log_after(self, needle: str) -> str:
-        deadline = time.monotonic() + 5
-        while needle not in self.switchyard.log_text() and time.monotonic() < deadline:
-            time.sleep(0.05)
-        return self.switchyard.log_text()
 
     def test_backendSeesTheClientHaproxySaw(self) -> None:
         client_port = free_port()
         out = self.curl(self.ports["front"], "--local-port", str(client_port))
         # Without the trusted header, nginx would see haproxy's own port.
         self.assertEqual(out.stdout, f"pp 127.0.0.1 {client_port}\n", out.stderr)
-        self.assertIn(f"127.0.0.1:{client_port} behind_haproxy/http", self.log_after("/http"))
+        log = log_after(self.switchyard, "/http")
+        self.assertIn(f"127.0.0.1:{client_port} behind_haproxy/http", log)
 
     def test_untrustedHeaderIsOrdinaryBytes(self) -> None:
         forged = b"PROXY TCP4 203.0.113.9 127.0.0.1 5555 80\r\nhello"
@@ -105,7 +100,7 @@ class InboundProxyTests(unittest.TestCase):
             s.sendall(forged)
             s.shutdown(socket.SHUT_WR)
             self.assertEqual(traffic.recv_all(s), forged)
-        log = self.log_after("untrusted/any")
+        log = log_after(self.switchyard, "untrusted/any")
         self.assertRegex(log, r"127\.0\.0\.1:\d+ untrusted/any")
         self.assertNotIn("203.0.113.9", log)
 
@@ -115,6 +110,6 @@ class InboundProxyTests(unittest.TestCase):
         denied = self.curl(self.ports["office"], "--interface", "127.0.0.2")
         self.assertNotEqual(denied.returncode, 0)
         self.assertEqual(denied.stdout, "")
-        self.assertRegex(self.log_after("denied"),
+        self.assertRegex(log_after(self.switchyard, "denied"),
                          r"127\.0\.0\.2:\d+ office/office-only -> - .*close=denied "
                          r"\(client 127\.0\.0\.2 is not allowed on route office-only\)")

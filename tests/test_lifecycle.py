@@ -12,7 +12,7 @@ import time
 from twisted.trial import unittest
 
 from tests import traffic
-from tests.daemon import start_switchyard
+from tests.daemon import log_after, start_switchyard
 from tests.peers import free_port
 
 CONFIG = """
@@ -78,13 +78,8 @@ class LifecycleTests(unittest.TestCase):
         config = CONFIG.format(port=self.port, grace=grace, slow=server.server_address[1])
         self.switchyard = start_switchyard(self, config, self.port)
         # The start-up probe connection must be gone before limits are counted.
-        self.log_after("closed before sending anything")
+        log_after(self.switchyard, "closed before sending anything")
 
-    def log_after(self, needle: str, timeout: float = 5) -> str:
-        deadline = time.monotonic() + timeout
-        while needle not in self.switchyard.log_text() and time.monotonic() < deadline:
-            time.sleep(0.05)
-        return self.switchyard.log_text()
 
     def test_sigtermLetsTransfersInFlightFinish(self) -> None:
         self.start(grace=10)
@@ -147,7 +142,8 @@ class LifecycleTests(unittest.TestCase):
             fifth.settimeout(10)
             fifth.connect(("127.0.0.1", self.port))
             self.assertEqual(fifth.recv(10), b"")
-        self.assertIn("listener main already has 4 connections", self.log_after("already has 4"))
+        log = log_after(self.switchyard, "already has 4")
+        self.assertIn("listener main already has 4 connections", log)
         extra.sendall(b"still served")
         self.assertEqual(extra.recv(100), b"still served")
 
@@ -159,7 +155,7 @@ class LifecycleTests(unittest.TestCase):
         with socket.create_connection(("127.0.0.1", self.port), timeout=10) as fourth:
             self.assertEqual(fourth.recv(10), b"")
         self.assertIn("client 127.0.0.1 already has 3 connections",
-                      self.log_after("client 127.0.0.1 already"))
+                      log_after(self.switchyard, "client 127.0.0.1 already"))
 
     def test_routeTotalTimeoutEndsBusyConnections(self) -> None:
         self.start()
@@ -175,7 +171,7 @@ class LifecycleTests(unittest.TestCase):
                     break
                 time.sleep(0.05)
             self.assertLess(time.monotonic() - started, 5)
-        self.assertRegex(self.log_after("total_timeout"),
+        self.assertRegex(log_after(self.switchyard, "total_timeout"),
                          r"main/short -> echo .*close=total_timeout")
 
     def test_routeIdleTimeoutOverridesListener(self) -> None:
@@ -185,4 +181,5 @@ class LifecycleTests(unittest.TestCase):
             started = time.monotonic()
             self.assertEqual(traffic.recv_all(s), b"QUIET")
             self.assertLess(time.monotonic() - started, 5)
-        self.assertRegex(self.log_after("idle_timeout"), r"main/quiet -> .*close=idle_timeout")
+        log = log_after(self.switchyard, "idle_timeout")
+        self.assertRegex(log, r"main/quiet -> .*close=idle_timeout")

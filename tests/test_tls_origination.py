@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import os
 import subprocess
-import time
 
 from twisted.trial import unittest
 
-from tests.daemon import start_switchyard
+from tests.daemon import log_after, start_switchyard
 from tests.peers import free_port, make_ca, start_nginx
 
 NGINX = """
@@ -119,11 +118,6 @@ class OriginationTests(unittest.TestCase):
              url.replace(host, f"{host}:{self.port}")],
             capture_output=True, text=True, timeout=30)
 
-    def log_after(self, needle: str) -> str:
-        deadline = time.monotonic() + 5
-        while needle not in self.switchyard.log_text() and time.monotonic() < deadline:
-            time.sleep(0.05)
-        return self.switchyard.log_text()
 
     def test_verifiedBackendWithItsNameAsSni(self) -> None:
         out = self.curl("http://verified.test/x")
@@ -132,14 +126,14 @@ class OriginationTests(unittest.TestCase):
     def test_wrongNameFailsAndIsLogged(self) -> None:
         out = self.curl("http://wrong.test/x")
         self.assertEqual(out.stdout, "")
-        self.assertRegex(self.log_after("public/wrong-name"),
+        self.assertRegex(log_after(self.switchyard, "public/wrong-name"),
                          r"public/wrong-name -> 127\.0\.0\.1:\d+ .*"
                          r"close=backend_tls_failed \(.*DNSMismatch")
 
     def test_unknownCaFailsWithoutOptOut(self) -> None:
         out = self.curl("http://untrusted.test/x")
         self.assertEqual(out.stdout, "")
-        self.assertRegex(self.log_after("public/untrusted"),
+        self.assertRegex(log_after(self.switchyard, "public/untrusted"),
                          r"public/untrusted -> .*"
                          r"close=backend_tls_failed \(.*certificate verify failed")
 
@@ -152,4 +146,5 @@ class OriginationTests(unittest.TestCase):
     def test_reencryptTerminateThenOriginateVerified(self) -> None:
         out = self.curl("https://front.example.com/y")
         self.assertEqual(out.stdout, "tls-backend backend.example.com /y\n", out.stderr)
-        self.assertIn("public>front/http -> 127.0.0.1:", self.log_after("public>front/http"))
+        log = log_after(self.switchyard, "public>front/http")
+        self.assertIn("public>front/http -> 127.0.0.1:", log)

@@ -15,7 +15,7 @@ import time
 from twisted.trial import unittest
 
 from tests import traffic
-from tests.daemon import start_switchyard
+from tests.daemon import log_after, start_switchyard
 from tests.peers import (
     free_port,
     make_ca,
@@ -183,11 +183,6 @@ class TerminationTests(unittest.TestCase):
                                ws=ws_port, web=nginx.port, digest=self.digest.port, pp=pp)
         self.switchyard = start_switchyard(self, config, self.port)
 
-    def log_after(self, needle: str) -> str:
-        deadline = time.monotonic() + 5
-        while needle not in self.switchyard.log_text() and time.monotonic() < deadline:
-            time.sleep(0.05)
-        return self.switchyard.log_text()
 
     def curl(self, name: str, *extra: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
@@ -208,7 +203,7 @@ class TerminationTests(unittest.TestCase):
         for name in ("a.example.com", "b.example.com", "x.b.example.com"):
             out = self.curl(name)
             self.assertEqual(out.stdout, "web /hello\n", name + out.stderr)
-        self.assertRegex(self.log_after("public>site/web"),
+        self.assertRegex(log_after(self.switchyard, "public>site/web"),
                          r"public>site/web -> 127\.0\.0\.1:\d+ facts\[.*sni=a\.example\.com")
 
     def test_clientWithoutSniGetsTheDefaultCertificate(self) -> None:
@@ -229,7 +224,8 @@ class TerminationTests(unittest.TestCase):
                                "-servername", "a.example.com", data=b"")
             self.assertNotIn(b"Cipher is ECDHE", out.stdout, version)
             self.assertNotEqual(out.returncode, 0, version)
-        self.assertIn("close=tls_handshake_failed", self.log_after("tls_handshake_failed"))
+        log = log_after(self.switchyard, "tls_handshake_failed")
+        self.assertIn("close=tls_handshake_failed", log)
 
     # -- what is inside is routed again -----------------------------------
 
@@ -241,7 +237,7 @@ class TerminationTests(unittest.TestCase):
             capture_output=True, text=True, timeout=60)
         self.assertEqual(ws.stdout, "ws-echo hello\n", ws.stderr)
         self.assertEqual(self.curl("a.example.com").stdout, "web /hello\n")
-        log = self.log_after("public>site/ws")
+        log = log_after(self.switchyard, "public>site/ws")
         self.assertIn("public>site/ws ->", log)
         self.assertIn("public>site/web ->", log)
 
@@ -252,7 +248,7 @@ class TerminationTests(unittest.TestCase):
         argv[1:1] = ["-o", f"ProxyCommand={proxy}"]
         out = subprocess.run(argv, capture_output=True, text=True, timeout=60)
         self.assertEqual(out.stdout, "ssh-in-tls\n", out.stderr)
-        self.assertRegex(self.log_after("public>site/ssh"),
+        self.assertRegex(log_after(self.switchyard, "public>site/ssh"),
                          r"public>site/ssh -> .*banner=SSH-2\.0-OpenSSH")
 
     def test_closeNotifyIsAHalfCloseTheResponseStillArrives(self) -> None:
@@ -311,7 +307,7 @@ class TerminationTests(unittest.TestCase):
         import hashlib
 
         self.assertEqual(received[300_000:], hashlib.sha256(request).digest())
-        self.assertIn("public>site/digest", self.log_after("public>site/digest"))
+        self.assertIn("public>site/digest", log_after(self.switchyard, "public>site/digest"))
 
     def test_plaintextBackendGetsProxyV2WithTlsFacts(self) -> None:
         out = subprocess.run(
@@ -329,13 +325,13 @@ class TerminationTests(unittest.TestCase):
         out = self.curl("m.example.com", "--cert", os.path.join(self.certs, "client.crt"),
                         "--key", os.path.join(self.certs, "client.key"))
         self.assertEqual(out.stdout, "web /hello\n", out.stderr)
-        self.assertIn("client_cn=client.example.com", self.log_after("client_cn="))
+        self.assertIn("client_cn=client.example.com", log_after(self.switchyard, "client_cn="))
 
     def test_clientWithoutCertificateRefused(self) -> None:
         out = self.curl("m.example.com")
         self.assertNotEqual(out.returncode, 0)
         self.assertEqual(out.stdout, "")
-        self.assertIn("public>mtls/- -> - ", self.log_after("public>mtls/-"))
+        self.assertIn("public>mtls/- -> - ", log_after(self.switchyard, "public>mtls/-"))
 
     # -- bad clients ----------------------------------------------------------
 
@@ -345,7 +341,8 @@ class TerminationTests(unittest.TestCase):
             s.settimeout(10)
             data = traffic.recv_all(s)
         self.assertNotIn(b"web", data)
-        self.assertIn("close=tls_handshake_failed", self.log_after("tls_handshake_failed"))
+        log = log_after(self.switchyard, "tls_handshake_failed")
+        self.assertIn("close=tls_handshake_failed", log)
 
     def test_clientStallingMidHandshakeIsClosedAtTimeout(self) -> None:
         context = ssl.create_default_context(cafile=self.ca.cert_path)
@@ -361,7 +358,7 @@ class TerminationTests(unittest.TestCase):
             s.settimeout(15)
             traffic.recv_all(s)
             self.assertLess(time.monotonic() - started, 10)
-        self.assertIn("public>site/- -> - ", self.log_after("close=sniff_timeout"))
+        self.assertIn("public>site/- -> - ", log_after(self.switchyard, "close=sniff_timeout"))
         self.assertIn("close=sniff_timeout", self.switchyard.log_text())
 
 
