@@ -147,10 +147,6 @@ def _ip_endpoint(reactor: Any, host: str, port: int, timeout: float) -> Any:
     return client_endpoint("address", _join(host, port), reactor, timeout)
 
 
-def _endpoint(key: str, address: str, reactor: Any, timeout: float) -> Any:
-    return client_endpoint(key, address, reactor, timeout)
-
-
 @attr.s(frozen=True, slots=True, auto_attribs=True)
 class _Origination:
     """TLS from switchyard to the servers of a backend."""
@@ -229,9 +225,9 @@ def compile_backend(name: str, raw: Mapping[str, Any], reactor: Any) -> BackendT
         check_endpoint = None
         hp = split_host_port(entry.address)
         if entry.check_port is not None and hp is not None:
-            check_endpoint = _endpoint(f"{key}.check_port", _join(hp[0], entry.check_port),
+            check_endpoint = client_endpoint(f"{key}.check_port", _join(hp[0], entry.check_port),
                                        reactor, connect_timeout)
-        endpoint = _endpoint(address_key(key, raw_entry), entry.address, reactor,
+        endpoint = client_endpoint(address_key(key, raw_entry), entry.address, reactor,
                              connect_timeout)
         if tls is not None:
             endpoint = tls.wrap(address_key(key, raw_entry), endpoint, entry.address, reactor)

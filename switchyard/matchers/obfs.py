@@ -29,7 +29,7 @@ from switchyard.interfaces import NO, IMatcher, IMatcherFactory, Match, MatchRes
 from switchyard.matchers._names import NamePredicate, Options
 from switchyard.matchers.http import RequestHead
 from switchyard.matchers.tls import ClientHello, parse_client_hello
-from switchyard.matchers.websocket import has_body, upgrade_request
+from switchyard.matchers.websocket import has_body, match_host, upgrade_request
 
 EXT_SESSION_TICKET = 0x0023
 # The template's fixed part, which puts the first extension at byte 138
@@ -58,13 +58,7 @@ class ObfsHTTPMatcher:
             signs.append("no_version")
         if not signs:
             return NO
-        host = head.host
-        if self.host is not None and (host is None or not self.host(host)):
-            return NO
-        found: dict[str, Any] = {"path": head.path, "obfs": signs}
-        if host is not None:
-            found = {"host": host, **found}
-        return Match(facts=found)
+        return match_host(head, self.host, {"path": head.path, "obfs": signs})
 
 
 @implementer(IMatcherFactory)

@@ -88,6 +88,15 @@ def upgrade_request(
     return head
 
 
+def match_host(head: RequestHead, host: NamePredicate | None,
+               facts: dict[str, Any]) -> MatchResult:
+    """Apply a route's host condition; a Match with the host (if any) first in its facts."""
+    name = head.host
+    if host is not None and (name is None or not host(name)):
+        return NO
+    return Match(facts=facts if name is None else {"host": name, **facts})
+
+
 def compile_path_condition(
     exact: tuple[str, ...] | None, prefixes: tuple[str, ...] | None
 ) -> PathPredicate | None:
@@ -124,13 +133,7 @@ class WebSocketMatcher:
         version = head.header("sec-websocket-version")
         if not version or has_body(head) or "upgrade" not in header_tokens(head, "connection"):
             return NO
-        host = head.host
-        if self.host is not None and (host is None or not self.host(host)):
-            return NO
-        found: dict[str, Any] = {"path": head.path, "ws_version": version}
-        if host is not None:
-            found = {"host": host, **found}
-        return Match(facts=found)
+        return match_host(head, self.host, {"path": head.path, "ws_version": version})
 
 
 @implementer(IMatcherFactory)
