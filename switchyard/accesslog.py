@@ -1,7 +1,9 @@
-"""The one access-log event every connection ends with."""
+"""The one access-log event every connection ends with, and the access log file."""
 
 from __future__ import annotations
 
+import os
+import time
 from typing import Any
 
 from twisted.logger import Logger
@@ -38,8 +40,9 @@ def format_facts(facts: dict[str, Any]) -> str:
     return " ".join(parts)
 
 
-def emit_access_event(connection: Any) -> None:
-    """Log one connection's outcome with structured fields.
+def emit_access_event(connection: Any, sink: AccessLogFile | None = None) -> None:
+    """Log one connection's outcome with structured fields, or write its
+    line to ``sink``, the access log file, when one is configured.
 
     Fields: client, listener, route, server, facts (dict), bytes_in (from
     the client), bytes_out (to the client), duration (s), reason, detail.
@@ -59,7 +62,101 @@ def emit_access_event(connection: Any) -> None:
         reason=connection.reason or "normal",
         detail_text=f" ({detail})" if detail else "",
     )
+    if sink is not None:
+        sink.write(ACCESS_FORMAT.format(**fields))
+        return
     # The line is formatted here, in C (str.format), rather than by the log
     # observer's pure-Python formatter: a tenth of a connection's cost.
     log.info("{access_line}", access_line=ACCESS_FORMAT.format(**fields),
              switchyard_access=True, facts=facts, detail=detail, **fields)
+
+
+class AccessLogFile:
+    """The ``access_log`` file: one timestamped line per connection, buffered.
+
+    Lines reach the file within ``flush_interval`` seconds, or as soon as
+    ``max_buffer`` characters wait, and at stop. Twisted's log observer
+    formats and flushes every event, about a fifth of a short connection's
+    cost; here that is one write(2) per batch. The file is opened for
+    appending (workers share it: each write is whole lines) and reopened by
+    L{reopen} (SIGHUP), for logrotate.
+    """
+
+    def __init__(self, path: str, reactor: Any, flush_interval: float = 1.0,
+                 max_buffer: int = 64 * 1024) -> None:
+        self.path = path
+        self.reactor = reactor
+        self.flush_interval = flush_interval
+        self.max_buffer = max_buffer
+        self._fd = -1
+        self._lines: list[str] = []
+        self._size = 0
+        self._flush_call: Any = None
+        self._second = -1
+        self._stamp = ""
+
+    @staticmethod
+    def check(path: str) -> str | None:
+        """Why ``path`` cannot be the access log, or None if it can."""
+        try:
+            os.close(_open_append(path))
+        except OSError as e:
+            return f"cannot open {path!r} for appending: {e.strerror}"
+        return None
+
+    def open(self) -> None:
+        if self._fd < 0:
+            self._fd = _open_append(self.path)
+
+    def write(self, line: str) -> None:
+        now = time.time()
+        second = int(now)
+        if second != self._second:
+            self._second = second
+            self._stamp = time.strftime("%Y-%m-%dT%H:%M:%S%z ", time.localtime(now))
+        text = self._stamp + line + "\n"
+        self._lines.append(text)
+        self._size += len(text)
+        if self._size >= self.max_buffer:
+            self.flush()
+        elif self._flush_call is None:
+            self._flush_call = self.reactor.callLater(self.flush_interval, self.flush)
+
+    def flush(self) -> None:
+        if self._flush_call is not None:
+            if self._flush_call.active():
+                self._flush_call.cancel()
+            self._flush_call = None
+        if not self._lines:
+            return
+        data = "".join(self._lines).encode("utf-8", "replace")
+        self._lines = []
+        self._size = 0
+        try:
+            self.open()
+            view = memoryview(data)
+            while view:
+                view = view[os.write(self._fd, view):]
+        except OSError as e:
+            log.error("access log {path}: cannot write: {error}; {n} bytes of lines lost",
+                      path=self.path, error=e.strerror, n=len(data))
+
+    def reopen(self) -> None:
+        """Flush, close and open the path again (after logrotate moved the file)."""
+        self.flush()
+        self.close()
+        try:
+            self.open()
+        except OSError as e:
+            log.error("access log {path}: cannot reopen: {error}", path=self.path,
+                      error=e.strerror)
+
+    def close(self) -> None:
+        self.flush()
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+
+def _open_append(path: str) -> int:
+    return os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)

@@ -74,6 +74,7 @@ class Config:
     listeners: tuple[Listener, ...]
     backends: Mapping[str, BackendTarget]
     targets: Mapping[str, ITarget]
+    access_log: str | None = None  # a file for the access lines, else the twistd log
 
 
 def matcher_factories() -> dict[str, IMatcherFactory]:
@@ -114,7 +115,14 @@ def compile_config(
     if factories is None:
         factories = matcher_factories()
     top = _within("", lambda: Options(raw, ("listener", "backend", "responder", "tls",
-                                            "workers")))
+                                            "workers", "access_log")))
+    access_log = _within("", lambda: top.text("access_log"))
+    if access_log is not None:
+        from switchyard.accesslog import AccessLogFile
+
+        problem = AccessLogFile.check(access_log) if access_log else "must not be empty"
+        if problem:
+            raise ConfigError("access_log", problem)
     # Worker processes (switchyard.workers, which reads it): checked here so
     # a bad value fails like any other key.
     from switchyard.workers import MAX_WORKERS
@@ -149,7 +157,8 @@ def compile_config(
                           factories=factories, reactor=reactor, nested=False)
         for name, table in listeners_raw.items()
     )
-    return Config(path=path, listeners=listeners, backends=backends, targets=targets)
+    return Config(path=path, listeners=listeners, backends=backends, targets=targets,
+                  access_log=access_log)
 
 
 _NESTED_KEYS = ("route", "inspect_timeout", "max_sniff_bytes", "on_timeout", "idle_timeout")

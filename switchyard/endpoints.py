@@ -59,6 +59,21 @@ def client_endpoint(key: str, value: Any, reactor: Any, timeout: float) -> IStre
         raise OptionError(key, f"bad endpoint {value!r}: {e}")
 
 
+def ip_socket_address(value: str) -> tuple[int, tuple[str, int]] | None:
+    """``IP:port`` / ``[v6]:port`` as (address family, sockaddr); None for anything else."""
+    import socket
+
+    hp = split_host_port(value)
+    if hp is None:
+        return None
+    host, port = hp
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return None
+    return (socket.AF_INET if ip.version == 4 else socket.AF_INET6), (str(ip), port)
+
+
 def server_endpoint_string(value: str) -> str:
     """Expand ``IP:port``, ``[v6]:port`` and ``port`` to Twisted's syntax."""
     hp = split_host_port(value)

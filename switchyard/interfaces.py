@@ -119,6 +119,19 @@ class IConnection(Interface):
         to L{peer_lost}.
         """
 
+    def takes_socket() -> bool:
+        """
+        Whether L{splice_socket} may be used now: the client is a plain
+        socket on a system with splice(2) and the listener's fast path is on.
+        """
+
+    def splice_socket(sock: Any, prefix: bytes, release: Any) -> None:
+        """
+        Like L{splice}, for a peer that is a bare connected socket (no
+        Twisted transport): the switch owns C{sock} from here on, relays
+        with splice(2), and calls C{release()} once C{sock} is closed.
+        """
+
     def peer_data(data: bytes) -> None:
         """Bytes from the peer, for the client."""
 

@@ -5,9 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.application.internet import StreamServerEndpointService
+from twisted.application.service import Service
 from twisted.internet import defer
 from twisted.logger import Logger
 
+from switchyard.accesslog import AccessLogFile
 from switchyard.config import Listener
 from switchyard.switch import SwitchFactory
 
@@ -19,8 +21,9 @@ class ListenerService(StreamServerEndpointService):
     lets open connections finish for ``grace_period`` seconds, then closes
     those left."""
 
-    def __init__(self, listener: Listener, reactor: Any) -> None:
-        self.factory: SwitchFactory = SwitchFactory(listener, reactor)
+    def __init__(self, listener: Listener, reactor: Any,
+                 access_log: AccessLogFile | None = None) -> None:
+        self.factory: SwitchFactory = SwitchFactory(listener, reactor, access_log)
         super().__init__(listener.endpoint, self.factory)
         self.listener = listener
         self.reactor = reactor
@@ -54,3 +57,22 @@ class ListenerService(StreamServerEndpointService):
                  name=self.listener.name, n=len(left))
         for connection in left:
             connection.close("shutdown", "grace period over")
+
+
+class AccessLogService(Service):
+    """Opens the access log file at start; flushes and closes it at stop.
+
+    Added before the listeners, it stops after them: the lines of the
+    connections that finish during the grace period are written too.
+    """
+
+    def __init__(self, access_log: AccessLogFile) -> None:
+        self.access_log = access_log
+
+    def startService(self) -> None:
+        super().startService()
+        self.access_log.open()
+
+    def stopService(self) -> None:
+        self.access_log.close()
+        return super().stopService()

@@ -8,9 +8,11 @@ import os
 import socket
 import sys
 import typing
+from collections.abc import Callable
 from typing import Any
 
-from twisted.internet import tcp
+from twisted.internet import error, tcp
+from twisted.internet.defer import CancelledError
 from twisted.internet.interfaces import IReadDescriptor, IWriteDescriptor
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -23,8 +25,16 @@ PIPE_SIZE = 1 << 20
 # Bytes one direction may move per reactor event, so that one busy
 # connection does not starve the others sharing the reactor.
 _BUDGET = 4 * PIPE_SIZE
+# Reads are copied through this process-wide buffer until one fills it;
+# then that direction splices, until a splice moves less than this again.
+COPY_SIZE = 16 * 1024
+_COPY_BUFFER = bytearray(COPY_SIZE)
+_COPY_VIEW = memoryview(_COPY_BUFFER)
 _FLAGS = getattr(os, "SPLICE_F_MOVE", 1) | getattr(os, "SPLICE_F_NONBLOCK", 2)
 _EMPTY = memoryview(b"")
+_LINGER_RESET = b"\x01\x00\x00\x00\x00\x00\x00\x00"  # struct linger {1, 0}: close() resets
+_DONE = Failure(error.ConnectionDone())
+_ABORTED = Failure(error.ConnectionAborted())
 
 
 class Books(typing.Protocol):
@@ -57,9 +67,11 @@ def _plain(transport: Any) -> bool:
             and transport.socket.type == socket.SOCK_STREAM)
 
 
-def can_splice(client_transport: Any, peer_transport: Any) -> bool:
-    """True when both ends are plain sockets this platform can splice between."""
-    return SUPPORTED and _plain(client_transport) and _plain(peer_transport)
+def can_splice(client_transport: Any, peer_transport: Any = None) -> bool:
+    """True when both ends are plain sockets this platform can splice between
+    (without ``peer_transport``: when the client is, for a bare peer socket)."""
+    return (SUPPORTED and _plain(client_transport)
+            and (peer_transport is None or _plain(peer_transport)))
 
 
 class _SideError(Exception):
@@ -81,15 +93,20 @@ class _Socket:
     """
 
     __slots__ = ("relay", "role", "transport", "sock", "fd", "reading", "writing",
-                 "outgoing", "incoming")
+                 "outgoing", "incoming", "closed")
     outgoing: _Direction
     incoming: _Direction
 
-    def __init__(self, relay: SpliceRelay, role: str, transport: Any) -> None:
+    def __init__(self, relay: SpliceRelay, role: str, transport: Any,
+                 sock: socket.socket | None = None,
+                 closed: Callable[[Failure], None] | None = None) -> None:
         self.relay = relay
         self.role = role  # "client" or "backend": names the reset in the access log
+        # A Twisted transport whose socket the relay borrows, or None for a
+        # bare socket the relay owns (closed() is then told of its end).
         self.transport = transport
-        self.sock: socket.socket = transport.socket
+        self.sock: socket.socket = transport.socket if sock is None else sock
+        self.closed = closed
         self.fd = self.sock.fileno()
         self.reading = False
         self.writing = False
@@ -113,6 +130,25 @@ class _Socket:
         self.reading = self.writing = False
         self.relay._lost(self, reason)
 
+    def close(self, abort: bool) -> None:
+        """Close the socket (a reset if ``abort``) and tell its owner, at once."""
+        reason = _ABORTED if abort else _DONE
+        if self.transport is not None:
+            # What the reactor itself calls on a transport whose connection
+            # ended: it closes the socket (a reset for ConnectionAborted) and
+            # calls the protocol's connectionLost. The transport is not
+            # registered with the reactor, so nothing else can reach it.
+            self.transport.connectionLost(reason)
+            return
+        if abort:
+            try:
+                self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
+            except OSError:
+                pass
+        self.sock.close()
+        if self.closed is not None:
+            self.closed(reason)
+
 
 # Empty pipes shared by every relay of the process, reused before new ones.
 _SPARE_PIPES: list[tuple[int, int, int]] = []
@@ -123,7 +159,7 @@ class _Direction:
     """Bytes from ``src`` to ``dst``: first ``head`` (Twisted's unsent buffer), then the pipe."""
 
     __slots__ = ("src", "dst", "inbound", "head", "pipe_r", "pipe_w", "capacity", "pending",
-                 "eof", "shut")
+                 "eof", "shut", "bulk")
 
     def __init__(self, src: _Socket, dst: _Socket, inbound: bool, head: bytes) -> None:
         self.src = src
@@ -136,6 +172,7 @@ class _Direction:
         self.pending = 0  # bytes in the pipe
         self.eof = False  # src sent its end of stream
         self.shut = False  # and dst's write side was shut down after the last byte
+        self.bulk = False  # splicing (big reads) rather than copying (small ones)
 
     @property
     def backlog(self) -> bool:
@@ -189,27 +226,48 @@ class SpliceRelay:
     after C{connection._set_reason} said why.
     """
 
+    __slots__ = ("reactor", "connection", "client", "peer", "_peer_head", "done")
+
     def __init__(self, reactor: Any, connection: Books, client_transport: Any,
-                 peer_transport: Any) -> None:
+                 peer_transport: Any = None, *, peer_socket: socket.socket | None = None,
+                 peer_head: bytes = b"",
+                 peer_closed: Callable[[Failure], None] | None = None) -> None:
+        """The peer is a transport, or a bare connected ``peer_socket`` that
+        the relay owns: ``peer_head`` is sent to it first, and
+        ``peer_closed`` is called once the relay has closed it."""
         self.reactor = reactor
         self.connection = connection
         self.client = _Socket(self, "client", client_transport)
-        self.peer = _Socket(self, "backend", peer_transport)
+        self.peer = _Socket(self, "backend", peer_transport, peer_socket, peer_closed)
+        self._peer_head = peer_head
         self.done = False
 
     def start(self) -> SpliceRelay:
         """Take both sockets over from their transports and begin relaying."""
         for side in (self.client, self.peer):
-            # Unregister Twisted's selectables before registering ours: the
-            # reactor keys registrations by fd.
-            side.transport.stopReading()
-            side.transport.stopWriting()
-        to_peer = _take_buffer(self.peer.transport)
+            if side.transport is not None:
+                # Unregister Twisted's selectables before registering ours:
+                # the reactor keys registrations by fd.
+                side.transport.stopReading()
+                side.transport.stopWriting()
+        to_peer = self._peer_head
+        self._peer_head = b""
+        if self.peer.transport is not None:
+            to_peer = _take_buffer(self.peer.transport) + to_peer
         to_client = _take_buffer(self.client.transport)
         self.client.outgoing = self.peer.incoming = _Direction(self.client, self.peer, True,
                                                                to_peer)
         self.peer.outgoing = self.client.incoming = _Direction(self.peer, self.client, False,
                                                                to_client)
+        # The heads usually fit the socket buffers at once: sending them now
+        # saves registering for writability, and a poll round.
+        for d in (self.client.outgoing, self.peer.outgoing):
+            if d.head:
+                try:
+                    self._drain(d)
+                except _SideError as e:
+                    self._fail(f"{e.side.role}_reset", e.error.strerror or str(e.error))
+                    return self
         self._sync()
         return self
 
@@ -256,12 +314,60 @@ class SpliceRelay:
                 return
             if moved >= _BUDGET:
                 return  # the source stays registered: the reactor comes back
+            if not d.bulk:
+                n = self._copy(d)
+                if n is None:
+                    return  # src has nothing more for now
+                if n == 0:
+                    continue  # end of stream: passed on once dst has it all
+                if n < COPY_SIZE:
+                    # Less than the buffer: src is empty now, and the reactor
+                    # says when it has more (a failing read saved).
+                    return
+                d.bulk = True  # a full buffer: more may follow, splice it
+                moved += n
+                continue
             n = self._fill(d)
             if n is None:
                 d.release_pipe()  # drained, and src has nothing more for now
                 return
             moved += n
+            if 0 < n < d.capacity:
+                # src had less than a pipeful: it is empty now, and the
+                # reactor says when it has more (one failing splice saved).
+                d.bulk = n >= COPY_SIZE
+                if self._drain(d):
+                    d.release_pipe()
+                return
         # dst is full: _sync stops reading src until dst is writable.
+
+    def _copy(self, d: _Direction) -> int | None:
+        """Small reads are copied (recv + send, the bytes never leave C): for a
+        few hundred bytes that is cheaper than two splices and a pipe."""
+        try:
+            n = d.src.sock.recv_into(_COPY_BUFFER)
+        except BlockingIOError:
+            return None
+        except OSError as e:
+            raise _SideError(d.src, e)
+        if n == 0:
+            d.eof = True
+            return 0
+        books = self.connection
+        if d.inbound:
+            books.bytes_in += n
+        else:
+            books.bytes_out += n
+        books._last_activity = self.reactor.seconds()
+        try:
+            sent = d.dst.sock.send(_COPY_VIEW[:n])
+        except BlockingIOError:
+            sent = 0
+        except OSError as e:
+            raise _SideError(d.dst, e)
+        if sent < n:
+            d.head = memoryview(_COPY_BUFFER[sent:n])  # a copy: the buffer is shared
+        return n
 
     def _fill(self, d: _Direction) -> int | None:
         """Splice what src has into the (empty) pipe; None when it has nothing now."""
@@ -363,21 +469,10 @@ class SpliceRelay:
             side.outgoing.recycle_pipe()
 
     def _hand_back(self, abort: bool) -> None:
-        transports = (self.client.transport, self.peer.transport)
-        if abort:
-            # Registers nothing; the connectionLost calls come a turn later.
-            for t in transports:
-                t.abortConnection()
-            return
-
-        def lose() -> None:
-            # loseConnection registers the transport for writing on the fd
-            # this relay just left; a turn later, no event of the current
-            # poll batch (meant for this relay) can reach it.
-            for t in transports:
-                t.loseConnection()
-
-        self.reactor.callLater(0, lose)
+        # Both directions are over (or given up): close the sockets now, the
+        # peer first, so the connection hears of the client's end last.
+        for side in (self.peer, self.client):
+            side.close(abort)
 
 
 def _take_buffer(transport: Any) -> bytes:
@@ -393,3 +488,77 @@ def _take_buffer(transport: Any) -> bytes:
     transport._tempDataBuffer = []
     transport._tempDataLen = 0
     return b"".join(parts)
+
+
+@implementer(IWriteDescriptor)
+class DirectConnect:
+    """A non-blocking connect(2) to an IP address, for a relay that will splice.
+
+    No Twisted transport, connector, factory or Deferred is made for the
+    peer: the relay takes the bare socket. ``done`` is called exactly once:
+    with the connected socket and ``None``, or with ``None`` and the
+    failure (``ConnectError`` subclasses as Twisted's TCP connect gives,
+    or ``TimeoutError`` after ``timeout`` seconds, or ``CancelledError``).
+    """
+
+    __slots__ = ("reactor", "sock", "done", "timer", "registered")
+
+    def __init__(self, reactor: Any, family: int, address: tuple[Any, ...], timeout: float,
+                 done: Callable[[socket.socket | None, Failure | None], None]) -> None:
+        self.reactor = reactor
+        self.done: Callable[[socket.socket | None, Failure | None], None] | None = done
+        self.timer: Any = None
+        self.registered = False
+        self.sock = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK
+                                  | socket.SOCK_CLOEXEC)
+        code = self.sock.connect_ex(address)
+        if code == 0:
+            self._end(True)
+        elif code in (errno.EINPROGRESS, errno.EWOULDBLOCK, errno.EAGAIN):
+            self.registered = True
+            reactor.addWriter(self)
+            self.timer = reactor.callLater(timeout, self._expired, timeout)
+        else:
+            self._end(False, error.getConnectError((code, os.strerror(code))))
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def logPrefix(self) -> str:
+        return "DirectConnect"
+
+    def doWrite(self) -> None:
+        code = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if code:
+            self._end(False, error.getConnectError((code, os.strerror(code))))
+        else:
+            self._end(True)
+
+    def connectionLost(self, reason: Failure) -> None:
+        # The reactor saw a hang-up or an error, and dropped the registration.
+        self.registered = False
+        self.doWrite()
+
+    def cancel(self) -> None:
+        """Give up (the client left): closes the socket; ``done`` hears CancelledError."""
+        self._end(False, Failure(CancelledError()))
+
+    def _expired(self, timeout: float) -> None:
+        self.timer = None
+        self._end(False, Failure(error.TimeoutError(string=f"after {timeout:g}s")))
+
+    def _end(self, ok: bool, failure: Any = None) -> None:
+        done, self.done = self.done, None
+        if done is None:
+            return
+        if self.registered:
+            self.registered = False
+            self.reactor.removeWriter(self)
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        if ok:
+            done(self.sock, None)
+            return
+        self.sock.close()
+        done(None, failure if isinstance(failure, Failure) else Failure(failure))

@@ -14,7 +14,8 @@ One path for every connection, whatever the listener or target:
 from __future__ import annotations
 
 import collections
-from collections.abc import Mapping
+import socket
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from OpenSSL import SSL
@@ -32,7 +33,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from switchyard.accesslog import emit_access_event
+from switchyard.accesslog import AccessLogFile, emit_access_event
 from switchyard.config import Listener, Route
 from switchyard.interfaces import NEED_MORE, NO, IConnection, Match
 from switchyard.networks import contains
@@ -54,12 +55,20 @@ class SwitchFactory(Factory):
 
     noisy = False
 
-    def __init__(self, listener: Listener, reactor: IReactorTime) -> None:
+    def __init__(self, listener: Listener, reactor: IReactorTime,
+                 access_log: AccessLogFile | None = None) -> None:
         self.listener = listener
         self.reactor = reactor
+        self.access_log = access_log  # the access lines' file, else the twistd log
         self.connections: set[SwitchProtocol] = set()
         self.per_client: collections.Counter[str] = collections.Counter()
         self._drained: list[Any] = []
+        # One sweep for the idle timeouts of all relaying connections rather
+        # than a timer each: a timer is ~0.7 KB, and a reschedule per check.
+        self._sweep: Any = None
+        shortest = min([listener.idle_timeout, *(r.idle_timeout for r in listener.routes
+                                                 if r.idle_timeout is not None)])
+        self.sweep_interval = max(0.01, min(1.0, shortest / 20))
 
     def buildProtocol(self, addr: IAddress | None) -> SwitchProtocol:
         p = SwitchProtocol(self.listener, self.reactor)
@@ -69,9 +78,32 @@ class SwitchFactory(Factory):
     def forget(self, connection: SwitchProtocol) -> None:
         self.connections.discard(connection)
         if not self.connections:
+            if self._sweep is not None:
+                self._sweep.cancel()
+                self._sweep = None
             waiters, self._drained = self._drained, []
             for d in waiters:
                 d.callback(None)
+
+    def watch_idle(self) -> None:
+        """A connection started relaying: make sure the idle sweep runs.
+
+        An idle connection is closed within ``sweep_interval`` (a twentieth
+        of the shortest idle timeout, at most 1 s) after its timeout.
+        """
+        if self._sweep is None:
+            self._sweep = self.reactor.callLater(self.sweep_interval, self._sweep_idle)
+
+    def _sweep_idle(self) -> None:
+        self._sweep = None
+        now = self.reactor.seconds()
+        relaying = False
+        for connection in list(self.connections):
+            if connection.state is _RELAYING and not connection.closing:
+                relaying = True
+                connection._check_idle(now)
+        if relaying and self.connections:
+            self.watch_idle()
 
     def drained(self) -> Any:
         """A Deferred that fires once no connection of this listener is open."""
@@ -104,10 +136,15 @@ class SwitchProtocol(Protocol):
         "client_address", "local_address", "_client_eof", "_peer_eof", "_peer_open",
         "_client_open", "_inspect_call", "_idle_call", "_total_call", "_last_activity",
         "_counted_host", "_splicer", "_asked_tls_close",
+        # Protocol's own attributes: in slots too, so no instance dict is made.
+        "factory", "transport", "connected",
     )
     transport: Any  # a TCP (or TLS) transport: producer, consumer, half-closeable
 
     def __init__(self, listener: Listener, reactor: Any, parent: Any = None) -> None:
+        self.factory: Any = None
+        self.transport = None
+        self.connected = 0
         self.pending: Any = None  # a target's connect in progress, cancelled on close
         self.front_address: Any = None  # the trusted front, when a PROXY header was read
         self._counted_host: str | None = None  # this connection's key in per_client
@@ -148,7 +185,7 @@ class SwitchProtocol(Protocol):
         self._set_client_facts()
         self._inspect_call = self.reactor.callLater(self.listener.inspect_timeout,
                                                     self._inspect_expired)
-        factory = getattr(self, "factory", None)
+        factory = self.factory
         if factory is not None:
             factory.connections.add(self)
             limit = self.listener.max_connections
@@ -164,7 +201,7 @@ class SwitchProtocol(Protocol):
 
     def _count_client(self) -> None:
         """Apply max_connections_per_client to the (possibly PROXY-given) client."""
-        factory = getattr(self, "factory", None)
+        factory = self.factory
         limit = self.listener.max_connections_per_client
         if factory is None or limit is None:
             return
@@ -256,7 +293,7 @@ class SwitchProtocol(Protocol):
         self._cancel_timers()
         if self.pending is not None:
             self.pending.cancel()
-        if self._peer_open:
+        if self._peer_open and self._splicer is None:
             self.peer.loseConnection()
         self._finish()
 
@@ -343,7 +380,7 @@ class SwitchProtocol(Protocol):
             if self.closing:  # the peer may answer and close synchronously
                 return
         self._last_activity = self.reactor.seconds()
-        self._idle_call = self.reactor.callLater(self._idle_timeout(), self._idle_check)
+        self._start_idle_timer()
         if self.listener.fast_path and can_splice(self.transport, peer):
             # The kernel moves the bytes from here on: the relay sends what
             # is still buffered in peer first, sees a client EOF on the
@@ -357,6 +394,35 @@ class SwitchProtocol(Protocol):
             self._half_close(peer, peer_was_producer=True)
         else:
             self.transport.resumeProducing()
+
+    def takes_socket(self) -> bool:
+        """Whether a target may hand over a bare connected socket (L{splice_socket})."""
+        return self.listener.fast_path and not self.closing and can_splice(self.transport)
+
+    def splice_socket(self, sock: socket.socket, prefix: bytes,
+                      release: Callable[[], None]) -> None:
+        """Relay, with splice(2), between the client and ``sock``, a connected
+        socket that is now the switch's: ``prefix`` and the opening go first.
+        ``release`` is called once ``sock`` is closed."""
+        if self.closing or not can_splice(self.transport):
+            sock.close()
+            release()
+            if not self.closing:
+                self.close("error", "the client can no longer be spliced")
+            return
+
+        def peer_closed(reason: Failure) -> None:
+            release()
+            self.peer_lost(reason)
+
+        self._peer_open = True
+        self.state = _RELAYING
+        opening, self.buffered = self.buffered, b""
+        self._last_activity = self.reactor.seconds()
+        self._start_idle_timer()
+        self._splicer = SpliceRelay(self.reactor, self, self.transport, peer_socket=sock,
+                                    peer_head=prefix + opening,
+                                    peer_closed=peer_closed).start()
 
     def peer_data(self, data: bytes) -> None:
         self.bytes_out += len(data)
@@ -380,7 +446,8 @@ class SwitchProtocol(Protocol):
                              reason.getErrorMessage())
         if not self.closing:
             self.closing = True
-            self.transport.loseConnection()
+            if self._splicer is None:  # else the relay closes the client itself
+                self.transport.loseConnection()
         self._finish()
 
     def close(self, reason: str, detail: str = "", reply: bytes = b"") -> None:
@@ -429,6 +496,17 @@ class SwitchProtocol(Protocol):
             if self._peer_open:
                 self.peer.loseConnection()
 
+    def _start_idle_timer(self) -> None:
+        if self.factory is not None:
+            self.factory.watch_idle()
+        else:  # nested (decrypted) connections have no factory: a timer of their own
+            self._idle_call = self.reactor.callLater(self._idle_timeout(), self._idle_check)
+
+    def _check_idle(self, now: float) -> None:
+        idle = now - self._last_activity
+        if idle >= self._idle_timeout():
+            self.close("idle_timeout", f"no data either way for {idle:.0f}s")
+
     def _idle_check(self) -> None:
         self._idle_call = None
         idle = self.reactor.seconds() - self._last_activity
@@ -465,7 +543,7 @@ class SwitchProtocol(Protocol):
         if self.state is _CLOSED or self._peer_open or self._client_open:
             return
         self.state = _CLOSED
-        factory = getattr(self, "factory", None)
+        factory = self.factory
         if factory is not None:
             if self._counted_host is not None:
                 factory.per_client[self._counted_host] -= 1
@@ -473,4 +551,4 @@ class SwitchProtocol(Protocol):
                     del factory.per_client[self._counted_host]
             factory.forget(self)
         if not self.quiet:
-            emit_access_event(self)
+            emit_access_event(self, factory.access_log if factory is not None else None)

@@ -129,20 +129,26 @@ def switch_service(config: Config, reactor: Any,
     A worker passes the ``endpoints`` of the sockets it inherited, by
     listener name, and always handles SIGHUP (its parent forwards it).
     """
+    from switchyard.accesslog import AccessLogFile
     from switchyard.backends import backends_service
-    from switchyard.service import ListenerService
+    from switchyard.service import AccessLogService, ListenerService
 
     top = service.MultiService()
     _StopOnSignals(reactor).setServiceParent(top)
+    access_log = None
+    if config.access_log is not None:
+        access_log = AccessLogFile(config.access_log, reactor)
+        AccessLogService(access_log).setServiceParent(top)
     # Health checks and DNS discovery run before the listeners accept.
     backends_service(config).setServiceParent(top)
     for listener in config.listeners:
         if endpoints is not None:
             listener = attr.evolve(listener, endpoint=endpoints[listener.name])
-        ListenerService(listener, reactor).setServiceParent(top)
+        ListenerService(listener, reactor, access_log).setServiceParent(top)
     tls_targets = [t for t in config.targets.values() if isinstance(t, TerminateTarget)]
-    if tls_targets or worker:
-        _CertificateService(CertificateWatcher(tls_targets, reactor)).setServiceParent(top)
+    if tls_targets or worker or access_log is not None:
+        _HangupService(CertificateWatcher(tls_targets, reactor),
+                       access_log).setServiceParent(top)
     return top
 
 
@@ -180,15 +186,17 @@ class _StopOnSignals(service.Service):
         self.reactor.callFromThread(self.reactor.stop)
 
 
-class _CertificateService(service.Service):
-    """Watch certificate files while running; SIGHUP reloads them at once.
+class _HangupService(service.Service):
+    """Watch certificate files while running; SIGHUP reloads them at once and
+    reopens the access log file (after logrotate).
 
-    (A worker has one even without TLS targets, so a forwarded SIGHUP is
-    logged rather than fatal.)
+    (A worker has one even without either, so a forwarded SIGHUP is logged
+    rather than fatal.)
     """
 
-    def __init__(self, watcher: CertificateWatcher) -> None:
+    def __init__(self, watcher: CertificateWatcher, access_log: Any = None) -> None:
         self.watcher = watcher
+        self.access_log = access_log
 
     def startService(self) -> None:
         import signal
@@ -200,8 +208,13 @@ class _CertificateService(service.Service):
         signal.signal(signal.SIGHUP, lambda *_: reactor.callFromThread(self._hangup))
 
     def _hangup(self) -> None:
+        if self.access_log is not None:
+            log.info("switchyard: SIGHUP received: reopening the access log {path}",
+                     path=self.access_log.path)
+            self.access_log.reopen()
         if not self.watcher.targets:
-            log.info("switchyard: SIGHUP received: no TLS certificates to reload")
+            if self.access_log is None:
+                log.info("switchyard: SIGHUP received: no TLS certificates to reload")
             return
         log.info("switchyard: SIGHUP received: reloading the certificates of {targets}",
                  targets=", ".join(t.name for t in self.watcher.targets))

@@ -93,6 +93,12 @@ class FakeConnection:
     def splice(self, peer: Any, prefix: bytes = b"") -> None:
         self.spliced.append((peer, prefix))
 
+    def takes_socket(self) -> bool:
+        return False  # these servers are fake endpoints, never bare sockets
+
+    def splice_socket(self, sock: Any, prefix: bytes, release: Any) -> None:
+        raise AssertionError("not offered")
+
     def peer_data(self, data: bytes) -> None:
         pass
 

@@ -16,7 +16,12 @@ from switchyard.backends.discovery import FAMILIES, Discovered, Discovery, Found
 from switchyard.backends.health import CheckSpec, HealthChecker
 from switchyard.backends.pool import Pool, Server
 from switchyard.backends.target import BackendTarget
-from switchyard.endpoints import client_endpoint, split_host_port, tls_client_endpoint
+from switchyard.endpoints import (
+    client_endpoint,
+    ip_socket_address,
+    split_host_port,
+    tls_client_endpoint,
+)
 from switchyard.interfaces import OptionError
 from switchyard.options import Options, describe_value
 
@@ -234,7 +239,8 @@ def compile_backend(name: str, raw: Mapping[str, Any], reactor: Any) -> BackendT
         return Server(entry.address, endpoint,
                       weight=entry.weight, backup=entry.backup,
                       max_connections=entry.max_connections,
-                      check_endpoint=check_endpoint, checked=checked(entry))
+                      check_endpoint=check_endpoint, checked=checked(entry),
+                      direct=ip_socket_address(entry.address) if tls is None else None)
 
     def discovered_server(found_entry: Discovered, found: Found) -> Server:
         entry = entries[found_entry.index]
@@ -250,7 +256,9 @@ def compile_backend(name: str, raw: Mapping[str, Any], reactor: Any) -> BackendT
                       weight=entry.weight if found.weight is None else found.weight,
                       backup=entry.backup, priority=found.priority,
                       max_connections=entry.max_connections,
-                      check_endpoint=check_endpoint, checked=checked(entry))
+                      check_endpoint=check_endpoint, checked=checked(entry),
+                      direct=(ip_socket_address(_join(found.host, found.port))
+                              if tls is None else None))
 
     pool_entries: list[list[Server]] = []
     discovered: list[Discovered] = []

@@ -20,9 +20,13 @@ class Server:
     def __init__(self, description: str, endpoint: IStreamClientEndpoint, *, weight: int = 1,
                  backup: bool = False, priority: int = 0, max_connections: int = 0,
                  check_endpoint: IStreamClientEndpoint | None = None,
-                 checked: bool = False) -> None:
+                 checked: bool = False, direct: tuple[int, tuple[str, int]] | None = None
+                 ) -> None:
         self.description = description
         self.endpoint = endpoint
+        # (family, sockaddr) of a plain TCP server at an IP address: the
+        # switch may connect to it with a bare socket and splice.
+        self.direct = direct
         self.weight = weight
         self.backup = backup
         self.priority = priority  # SRV priority: lower values are used first

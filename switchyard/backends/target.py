@@ -18,6 +18,7 @@ from switchyard.backends.health import HealthChecker
 from switchyard.backends.pool import FULL, Pool, Server
 from switchyard.interfaces import IConnection, ITarget
 from switchyard.proxyheader import build_header
+from switchyard.splice import DirectConnect
 
 log = Logger(namespace="switchyard.backend")
 
@@ -114,20 +115,18 @@ class _Dispatch:
                 released = True
                 pool.release(server)
 
-        d = server.endpoint.connect(_BackendFactory(connection, release))
-        d.addTimeout(target.connect_timeout, target.reactor)
-        connection.pending = d
+        def prefix() -> bytes:
+            if target.proxy_protocol is None:
+                return b""
+            return build_header(target.proxy_protocol, connection.client_address,
+                                connection.local_address, connection.facts)
 
         def connected(protocol: _BackendProtocol) -> None:
             connection.pending = None
             pool.connect_succeeded(server)
-            prefix = b""
-            if target.proxy_protocol is not None:
-                prefix = build_header(target.proxy_protocol, connection.client_address,
-                                      connection.local_address, connection.facts)
             # The switch writes the buffered opening after the prefix: only to
             # this server, the one that accepted.
-            connection.splice(protocol.transport, prefix)
+            connection.splice(protocol.transport, prefix())
 
         def failed(f: Failure) -> None:
             connection.pending = None
@@ -148,6 +147,27 @@ class _Dispatch:
             else:
                 self.give_up()
 
+        if server.direct is not None and connection.takes_socket():
+            # The fast path: a bare socket the switch splices to, without
+            # a Twisted transport, connector or Deferred for this side.
+            def done(sock: Any, failure: Failure | None) -> None:
+                if sock is None:
+                    assert failure is not None
+                    failed(failure)
+                    return
+                connection.pending = None
+                pool.connect_succeeded(server)
+                connection.splice_socket(sock, prefix(), release)
+
+            attempt = DirectConnect(target.reactor, server.direct[0], server.direct[1],
+                                    target.connect_timeout, done)
+            if attempt.done is not None:  # not decided at once
+                connection.pending = attempt
+            return
+
+        d = server.endpoint.connect(_BackendFactory(connection, release))
+        d.addTimeout(target.connect_timeout, target.reactor)
+        connection.pending = d
         d.addCallbacks(connected, failed)
 
 
