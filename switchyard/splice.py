@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import select
 import socket
 import sys
 import typing
@@ -14,8 +15,11 @@ from typing import Any
 from twisted.internet import error, tcp
 from twisted.internet.defer import CancelledError
 from twisted.internet.interfaces import IReadDescriptor, IWriteDescriptor
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
+
+from switchyard import reactor as _reactor_module
 
 SUPPORTED = sys.platform.startswith("linux") and hasattr(os, "splice") and hasattr(os, "pipe2")
 
@@ -34,6 +38,9 @@ _FLAGS = getattr(os, "SPLICE_F_MOVE", 1) | getattr(os, "SPLICE_F_NONBLOCK", 2)
 _EMPTY = memoryview(b"")
 _LINGER_RESET = b"\x01\x00\x00\x00\x00\x00\x00\x00"  # struct linger {1, 0}: close() resets
 _DONE = Failure(error.ConnectionDone())
+_EPOLLIN = getattr(select, "EPOLLIN", 1)
+_EPOLLOUT = getattr(select, "EPOLLOUT", 4)
+log = Logger(namespace="switchyard.splice")
 _ABORTED = Failure(error.ConnectionAborted())
 
 
@@ -122,6 +129,20 @@ class _Socket:
 
     def doWrite(self) -> None:
         self.relay._pump(self.incoming)
+
+    def on_event(self, event: int) -> None:
+        """Readable and/or writable, from L{switchyard.reactor} (no Twisted
+        wrapping): the same as doRead then doWrite."""
+        try:
+            if event & _EPOLLIN:
+                self.relay._pump(self.outgoing)
+            if event & _EPOLLOUT:
+                self.relay._pump(self.incoming)
+        except Exception:
+            # _pump turns socket errors into the relay's end; anything else
+            # is a bug, which must not leave the sockets half-handled.
+            log.failure("splice relay: unexpected error")
+            self.relay._fail("error", "splice relay: unexpected error (logged)")
 
     def connectionLost(self, reason: Failure) -> None:
         # The reactor only calls this for a hang-up or error seen while the
@@ -527,6 +548,14 @@ class DirectConnect:
     def logPrefix(self) -> str:
         return "DirectConnect"
 
+    def on_event(self, event: int) -> None:
+        """Writable, from L{switchyard.reactor}: the connect is over."""
+        try:
+            self.doWrite()
+        except Exception:
+            log.failure("direct connect: unexpected error")
+            self._end(False, Failure(error.ConnectError(string="unexpected error (logged)")))
+
     def doWrite(self) -> None:
         code = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
         if code:
@@ -562,3 +591,7 @@ class DirectConnect:
             return
         self.sock.close()
         done(None, failure if isinstance(failure, Failure) else Failure(failure))
+
+
+# Their plain events skip Twisted's per-event logging context (switchyard.reactor).
+_reactor_module.DIRECT.update((_Socket, DirectConnect))

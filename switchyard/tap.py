@@ -45,7 +45,9 @@ class Options(usage.Options):
     def postOptions(self) -> None:
         if not self["config"]:
             raise usage.UsageError("--config FILE is required")
-        from twisted.internet import reactor
+        from switchyard.reactor import install
+
+        reactor = install()  # ours, unless twistd --reactor chose one
 
         from switchyard.workers import shareable, worker_count
 
@@ -115,9 +117,11 @@ def makeService(options: Options) -> service.IService:
                          reactor).setServiceParent(top)
     else:
         top = switch_service(config, reactor)
-    log.info("switchyard: {config} compiled:\n{summary}", config=config.path,
+    log.info("switchyard: {config} compiled:\n{summary}\nreactor: {reactor}",
+             config=config.path,
              summary=describe(config) + (f"\nworkers: {options.workers}"
-                                         if options.workers > 1 else ""))
+                                         if options.workers > 1 else ""),
+             reactor=type(reactor).__name__)
     return top
 
 

@@ -565,9 +565,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     observer = _JSONLines(out)
     globalLogBeginner.beginLoggingTo([observer])
     try:
-        from twisted.internet import reactor
-
         from switchyard.config import compile_config
+        from switchyard.reactor import install
+
+        reactor = install()
         from switchyard.tap import switch_service
 
         text = _read_config(0)

@@ -30,13 +30,14 @@ def write_config(testcase: Any, text: str) -> str:
     return os.path.abspath(path)
 
 
-def start_switchyard(testcase: Any, config_text: str, port: int) -> Running:
-    """Start ``twistd -n switchyard --config FILE`` and wait for ``port``."""
+def start_switchyard(testcase: Any, config_text: str, port: int,
+                     twistd_args: tuple[str, ...] = ()) -> Running:
+    """Start ``twistd -n [twistd_args] switchyard --config FILE`` and wait for ``port``."""
     config = write_config(testcase, config_text)
     workdir = os.path.abspath(testcase.mktemp())
     os.makedirs(workdir)
     argv = [*TWISTD, "-n", "--pidfile=", "--logfile", os.path.join(workdir, "twistd.log"),
-            "switchyard", "--config", config]
+            *twistd_args, "switchyard", "--config", config]
     return start_process(testcase, argv, port, workdir, env=env(),
                          log_files=[os.path.join(workdir, "twistd.log")])
 

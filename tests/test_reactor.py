@@ -1,0 +1,53 @@
+"""switchyard's reactor (epoll, the relay's events delivered directly), and any other."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+from twisted.trial import unittest
+
+from tests import traffic
+from tests.daemon import log_after, start_switchyard
+from tests.peers import free_port
+
+CONFIG = """
+[listener.main]
+listen = "127.0.0.1:{port}"
+
+[[listener.main.route]]
+match = "regex"
+pattern = "^DGST"
+to = "digest"
+
+[backend.digest]
+servers = ["127.0.0.1:{digest}"]
+"""
+
+# (sent, received): small messages (copied), bulk (spliced), and both.
+SIZES = [(10, 10), (1_000, 200), (3_000_000, 50), (20, 4_000_000), (2_000_000, 2_000_000)]
+
+
+class ReactorTests(unittest.TestCase):
+    def _through(self, twistd_args: tuple[str, ...], reactor_name: str) -> None:
+        digest = traffic.DigestServer()
+        self.addCleanup(digest.stop)
+        port = free_port()
+        running = start_switchyard(self, CONFIG.format(port=port, digest=digest.port), port,
+                                   twistd_args)
+        self.addCleanup(running.stop)
+        self.assertIn(f"reactor: {reactor_name}", log_after(running, "reactor: "))
+        jobs = SIZES * 4
+        with ThreadPoolExecutor(max_workers=10) as pool:
+            futures = [pool.submit(traffic.exchange, port, sent, received, seed)
+                       for seed, (sent, received) in enumerate(jobs)]
+            results = [f.result(timeout=120) for f in futures]
+        self.assertEqual([r["received"] for r in results],
+                         [received + 32 for _, received in jobs])
+        text = log_after(running, "close=normal")
+        self.assertNotIn("Traceback", text)
+
+    def test_switchyardReactorByDefault(self) -> None:
+        self._through((), "SwitchyardReactor")
+
+    def test_anotherReactorChosenWithTwistdWorksToo(self) -> None:
+        self._through(("--reactor=poll",), "PollReactor")
