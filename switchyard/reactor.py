@@ -58,6 +58,47 @@ if EPollReactor is not None:
 
         doIteration = doPoll
 
+        # -- registrations by fd, with the fewest epoll_ctl calls ----------
+        # (used by the splice relay through the functions below)
+
+        def adopt(self, fd: int, selectable: Any) -> tuple[bool, bool]:
+            """``selectable`` takes over whatever is registered on ``fd``, as
+            it is (no system call); returns (reading, writing)."""
+            reading, writing = fd in self._reads, fd in self._writes
+            if reading or writing:
+                self._selectables[fd] = selectable
+            return reading, writing
+
+        def set_interest(self, selectable: Any, fd: int, read: bool, write: bool) -> None:
+            """Register ``selectable`` for exactly ``read``/``write``: one
+            epoll_ctl (where add/remove pairs would need two)."""
+            was = fd in self._reads or fd in self._writes
+            flags = (select.EPOLLIN if read else 0) | (select.EPOLLOUT if write else 0)
+            if not flags:
+                if was:
+                    self._poller.unregister(fd)
+                    del self._selectables[fd]
+            elif was:
+                self._poller.modify(fd, flags)
+                self._selectables[fd] = selectable
+            else:
+                self._poller.register(fd, flags)
+                self._selectables[fd] = selectable
+            for wanted, books in ((read, self._reads), (write, self._writes)):
+                if wanted:
+                    books.add(fd)
+                else:
+                    books.discard(fd)
+
+        def forget(self, fd: int) -> None:
+            """Drop ``fd`` from the books without a system call: the caller
+            closes it right away, which removes it from the epoll set (it
+            is never duplicated). A later event for it in this batch finds
+            nothing registered and is skipped."""
+            self._reads.discard(fd)
+            self._writes.discard(fd)
+            self._selectables.pop(fd, None)
+
 
 def install() -> Any:
     """Install L{SwitchyardReactor} if no reactor is installed yet and this
@@ -69,3 +110,9 @@ def install() -> Any:
     from twisted.internet import reactor
 
     return reactor
+
+
+def adopt(reactor: Any, fd: int, selectable: Any) -> tuple[bool, bool] | None:
+    """L{SwitchyardReactor.adopt}, or None on another reactor."""
+    method = getattr(reactor, "adopt", None)
+    return None if method is None else method(fd, selectable)  # type: ignore[no-any-return]

@@ -247,7 +247,7 @@ class SpliceRelay:
     after C{connection._set_reason} said why.
     """
 
-    __slots__ = ("reactor", "connection", "client", "peer", "_peer_head", "done")
+    __slots__ = ("reactor", "connection", "client", "peer", "_peer_head", "done", "_tuned")
 
     def __init__(self, reactor: Any, connection: Books, client_transport: Any,
                  peer_transport: Any = None, *, peer_socket: socket.socket | None = None,
@@ -262,11 +262,18 @@ class SpliceRelay:
         self.peer = _Socket(self, "backend", peer_transport, peer_socket, peer_closed)
         self._peer_head = peer_head
         self.done = False
+        # switchyard's reactor hands registrations over by fd, changes them
+        # with one epoll_ctl, and forgets them when the socket is closed.
+        self._tuned = hasattr(reactor, "set_interest")
 
     def start(self) -> SpliceRelay:
         """Take both sockets over from their transports and begin relaying."""
         for side in (self.client, self.peer):
-            if side.transport is not None:
+            if self._tuned:
+                # Whatever is registered on the fd (the transport, or the
+                # connect of a bare socket) is now this side, as it is.
+                side.reading, side.writing = self.reactor.adopt(side.fd, side)
+            elif side.transport is not None:
                 # Unregister Twisted's selectables before registering ours:
                 # the reactor keys registrations by fd.
                 side.transport.stopReading()
@@ -438,6 +445,11 @@ class SpliceRelay:
             out = side.outgoing
             want_read = not out.eof and not out.backlog
             want_write = side.incoming.backlog
+            if self._tuned:
+                if want_read != side.reading or want_write != side.writing:
+                    side.reading, side.writing = want_read, want_write
+                    self.reactor.set_interest(side, side.fd, want_read, want_write)
+                continue
             if want_read != side.reading:
                 side.reading = want_read
                 if want_read:
@@ -454,6 +466,11 @@ class SpliceRelay:
     # -- the end ----------------------------------------------------------
 
     def _finish(self) -> None:
+        for side in (self.client, self.peer):
+            if side.transport is not None:
+                # Both directions were shut down already: Twisted's
+                # shutdown(2) before close would be a wasted system call.
+                side.transport._shouldShutdown = False
         self._teardown()
         self.connection._set_reason("normal")
         self._hand_back(abort=False)
@@ -482,10 +499,15 @@ class SpliceRelay:
     def _teardown(self) -> None:
         self.done = True
         for side in (self.client, self.peer):
-            if side.reading:
-                self.reactor.removeReader(side)
-            if side.writing:
-                self.reactor.removeWriter(side)
+            if self._tuned:
+                # _hand_back closes the socket next: that ends its epoll
+                # registration without an epoll_ctl.
+                self.reactor.forget(side.fd)
+            else:
+                if side.reading:
+                    self.reactor.removeReader(side)
+                if side.writing:
+                    self.reactor.removeWriter(side)
             side.reading = side.writing = False
             side.outgoing.recycle_pipe()
 
@@ -582,7 +604,11 @@ class DirectConnect:
             return
         if self.registered:
             self.registered = False
-            self.reactor.removeWriter(self)
+            if not (ok and hasattr(self.reactor, "adopt")):
+                # (On switchyard's reactor a connected socket stays
+                # registered: the relay adopts the registration, or
+                # close_socket forgets it.)
+                self.reactor.removeWriter(self)
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
@@ -595,3 +621,11 @@ class DirectConnect:
 
 # Their plain events skip Twisted's per-event logging context (switchyard.reactor).
 _reactor_module.DIRECT.update((_Socket, DirectConnect))
+
+
+def close_socket(reactor: Any, sock: socket.socket) -> None:
+    """Close a socket from L{DirectConnect} that no relay took."""
+    forget = getattr(reactor, "forget", None)
+    if forget is not None:
+        forget(sock.fileno())
+    sock.close()

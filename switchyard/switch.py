@@ -38,7 +38,7 @@ from switchyard.config import Listener, Route
 from switchyard.interfaces import NEED_MORE, NO, IConnection, Match
 from switchyard.networks import contains
 from switchyard.proxyheader import BadProxyHeader, read_header
-from switchyard.splice import SpliceRelay, can_splice
+from switchyard.splice import SpliceRelay, can_splice, close_socket
 
 _CONNECTION_DONE = Failure(error.ConnectionDone())
 
@@ -133,7 +133,7 @@ class SwitchProtocol(Protocol):
         "listener", "reactor", "parent", "listener_label", "state", "buffered", "facts",
         "_listener_facts", "route", "server", "peer", "bytes_in", "bytes_out", "reason",
         "detail", "closing", "quiet", "pending", "front_address", "started",
-        "client_address", "local_address", "_client_eof", "_peer_eof", "_peer_open",
+        "client_address", "_local_address", "_client_eof", "_peer_eof", "_peer_open",
         "_client_open", "_inspect_call", "_idle_call", "_total_call", "_last_activity",
         "_counted_host", "_splicer", "_asked_tls_close",
         # Protocol's own attributes: in slots too, so no instance dict is made.
@@ -181,7 +181,7 @@ class SwitchProtocol(Protocol):
     def connectionMade(self) -> None:
         self.started = self.reactor.seconds()
         self.client_address = self.transport.getPeer()
-        self.local_address = self.transport.getHost()
+        self._local_address: Any = None  # asked of the socket only if needed
         self._set_client_facts()
         self._inspect_call = self.reactor.callLater(self.listener.inspect_timeout,
                                                     self._inspect_expired)
@@ -198,6 +198,14 @@ class SwitchProtocol(Protocol):
             self.state = _PROXY_HEADER
         else:
             self._count_client()
+
+    @property
+    def local_address(self) -> Any:
+        """The address the client connected to (a system call: only PROXY
+        headers and nested connections need it)."""
+        if self._local_address is None:
+            self._local_address = self.transport.getHost()
+        return self._local_address
 
     def _count_client(self) -> None:
         """Apply max_connections_per_client to the (possibly PROXY-given) client."""
@@ -220,8 +228,11 @@ class SwitchProtocol(Protocol):
             self.buffered += data
             self._sniff(final=len(self.buffered) >= self.listener.max_sniff_bytes)
         elif self.state is _CONNECTING:
-            # Read before the pause took effect: keep it with the opening.
+            # Keep it with the opening (read before a pause took effect, or
+            # not paused, see _choose), up to the sniff limit.
             self.buffered += data
+            if len(self.buffered) >= self.listener.max_sniff_bytes:
+                self.transport.pauseProducing()
         elif self.state is _PROXY_HEADER and not self.closing:
             self.buffered += data
             self._read_proxy_header()
@@ -251,7 +262,7 @@ class SwitchProtocol(Protocol):
         source, destination, length = header
         self.front_address = self.client_address
         if source is not None:
-            self.client_address, self.local_address = source, destination
+            self.client_address, self._local_address = source, destination
             self._set_client_facts()
         self.buffered = self.buffered[length:]
         self.state = _SNIFFING
@@ -354,7 +365,11 @@ class SwitchProtocol(Protocol):
         self.state = _CONNECTING
         if route.total_timeout is not None:
             self._total_call = self.reactor.callLater(route.total_timeout, self._total_expired)
-        self.transport.pauseProducing()
+        if not self.takes_socket():
+            self.transport.pauseProducing()
+        # Else the client is read on while the target connects (what comes
+        # is kept with the opening, and pauses it past max_sniff_bytes):
+        # its registration then passes to the splice relay as it is.
         try:
             route.target.attach(self)
         except Exception:
@@ -405,7 +420,7 @@ class SwitchProtocol(Protocol):
         socket that is now the switch's: ``prefix`` and the opening go first.
         ``release`` is called once ``sock`` is closed."""
         if self.closing or not can_splice(self.transport):
-            sock.close()
+            close_socket(self.reactor, sock)
             release()
             if not self.closing:
                 self.close("error", "the client can no longer be spliced")

@@ -237,7 +237,9 @@ class TerminationTests(unittest.TestCase):
             capture_output=True, text=True, timeout=60)
         self.assertEqual(ws.stdout, "ws-echo hello\n", ws.stderr)
         self.assertEqual(self.curl("a.example.com").stdout, "web /hello\n")
-        log = log_after(self.switchyard, "public>site/ws")
+        # Each line is written once both sides of its connection are closed.
+        log_after(self.switchyard, "public>site/ws ->")
+        log = log_after(self.switchyard, "public>site/web ->")
         self.assertIn("public>site/ws ->", log)
         self.assertIn("public>site/web ->", log)
 
