@@ -20,6 +20,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from switchyard import reactor as _reactor_module
+from switchyard.deadlines import Deadlines
 
 SUPPORTED = sys.platform.startswith("linux") and hasattr(os, "splice") and hasattr(os, "pipe2")
 
@@ -70,8 +71,9 @@ def _plain(transport: Any) -> bool:
             and transport.producer is None
             # Descriptors queued for sendmsg would be lost with the buffer.
             and not getattr(transport, "_sendmsgQueue", None)
-            and getattr(transport, "socket", None) is not None
-            and transport.socket.type == socket.SOCK_STREAM)
+            # (Always a stream socket: Twisted's datagram ports are other
+            # classes. socket.type would cost an enum conversion per call.)
+            and getattr(transport, "socket", None) is not None)
 
 
 def can_splice(client_transport: Any, peer_transport: Any = None) -> bool:
@@ -334,10 +336,13 @@ class SpliceRelay:
         while self._drain(d):
             if d.eof:
                 if not d.shut:
-                    try:
-                        d.dst.sock.shutdown(socket.SHUT_WR)
-                    except OSError as e:
-                        raise _SideError(d.dst, e)
+                    # The last end of stream needs no shutdown(2): the relay
+                    # is over, and closing the socket sends the FIN.
+                    if not d.dst.outgoing.shut:
+                        try:
+                            d.dst.sock.shutdown(socket.SHUT_WR)
+                        except OSError as e:
+                            raise _SideError(d.dst, e)
                     d.shut = True
                 return
             if moved >= _BUDGET:
@@ -546,7 +551,8 @@ class DirectConnect:
 
     __slots__ = ("reactor", "sock", "done", "timer", "registered")
 
-    def __init__(self, reactor: Any, family: int, address: tuple[Any, ...], timeout: float,
+    def __init__(self, reactor: Any, family: int, address: tuple[Any, ...],
+                 deadlines: Deadlines,
                  done: Callable[[socket.socket | None, Failure | None], None]) -> None:
         self.reactor = reactor
         self.done: Callable[[socket.socket | None, Failure | None], None] | None = done
@@ -560,7 +566,7 @@ class DirectConnect:
         elif code in (errno.EINPROGRESS, errno.EWOULDBLOCK, errno.EAGAIN):
             self.registered = True
             reactor.addWriter(self)
-            self.timer = reactor.callLater(timeout, self._expired, timeout)
+            self.timer = deadlines.add(self)  # expired() after deadlines.length
         else:
             self._end(False, error.getConnectError((code, os.strerror(code))))
 
@@ -594,9 +600,10 @@ class DirectConnect:
         """Give up (the client left): closes the socket; ``done`` hears CancelledError."""
         self._end(False, Failure(CancelledError()))
 
-    def _expired(self, timeout: float) -> None:
+    def expired(self) -> None:
+        """The connect timeout: give up."""
         self.timer = None
-        self._end(False, Failure(error.TimeoutError(string=f"after {timeout:g}s")))
+        self._end(False, Failure(error.TimeoutError(string="connect timed out")))
 
     def _end(self, ok: bool, failure: Any = None) -> None:
         done, self.done = self.done, None

@@ -35,6 +35,7 @@ from zope.interface import implementer
 
 from switchyard.accesslog import AccessLogFile, emit_access_event
 from switchyard.config import Listener, Route
+from switchyard.deadlines import Deadlines
 from switchyard.interfaces import NEED_MORE, NO, IConnection, Match
 from switchyard.networks import contains
 from switchyard.proxyheader import BadProxyHeader, read_header
@@ -69,6 +70,9 @@ class SwitchFactory(Factory):
         shortest = min([listener.idle_timeout, *(r.idle_timeout for r in listener.routes
                                                  if r.idle_timeout is not None)])
         self.sweep_interval = max(0.01, min(1.0, shortest / 20))
+        # Every connection's inspect_timeout, on one timer.
+        self.inspect_deadlines = Deadlines(reactor, listener.inspect_timeout,
+                                           SwitchProtocol._inspect_expired)
 
     def buildProtocol(self, addr: IAddress | None) -> SwitchProtocol:
         p = SwitchProtocol(self.listener, self.reactor)
@@ -78,6 +82,7 @@ class SwitchFactory(Factory):
     def forget(self, connection: SwitchProtocol) -> None:
         self.connections.discard(connection)
         if not self.connections:
+            self.inspect_deadlines.stop()
             if self._sweep is not None:
                 self._sweep.cancel()
                 self._sweep = None
@@ -135,7 +140,7 @@ class SwitchProtocol(Protocol):
         "detail", "closing", "quiet", "pending", "front_address", "started",
         "client_address", "_local_address", "_client_eof", "_peer_eof", "_peer_open",
         "_client_open", "_inspect_call", "_idle_call", "_total_call", "_last_activity",
-        "_counted_host", "_splicer", "_asked_tls_close",
+        "_counted_host", "_splicer", "_asked_tls_close", "_spliceable",
         # Protocol's own attributes: in slots too, so no instance dict is made.
         "factory", "transport", "connected",
     )
@@ -149,6 +154,7 @@ class SwitchProtocol(Protocol):
         self.front_address: Any = None  # the trusted front, when a PROXY header was read
         self._counted_host: str | None = None  # this connection's key in per_client
         self._splicer: SpliceRelay | None = None  # the splice(2) relay, once it owns both
+        self._spliceable: bool | None = None  # the client is a plain socket (takes_socket)
         self._asked_tls_close = False  # we sent the TLS backend close_notify
         self.quiet = False  # a nested connection (TLS termination) logs for this one
         self.listener = listener
@@ -183,9 +189,12 @@ class SwitchProtocol(Protocol):
         self.client_address = self.transport.getPeer()
         self._local_address: Any = None  # asked of the socket only if needed
         self._set_client_facts()
-        self._inspect_call = self.reactor.callLater(self.listener.inspect_timeout,
-                                                    self._inspect_expired)
         factory = self.factory
+        if factory is not None:
+            self._inspect_call = factory.inspect_deadlines.add(self)
+        else:  # nested (decrypted) connections have no factory: a timer of their own
+            self._inspect_call = self.reactor.callLater(self.listener.inspect_timeout,
+                                                        self._inspect_expired)
         if factory is not None:
             factory.connections.add(self)
             limit = self.listener.max_connections
@@ -412,7 +421,9 @@ class SwitchProtocol(Protocol):
 
     def takes_socket(self) -> bool:
         """Whether a target may hand over a bare connected socket (L{splice_socket})."""
-        return self.listener.fast_path and not self.closing and can_splice(self.transport)
+        if self._spliceable is None:  # asked once: the client's transport does not change
+            self._spliceable = self.listener.fast_path and can_splice(self.transport)
+        return self._spliceable and not self.closing
 
     def splice_socket(self, sock: socket.socket, prefix: bytes,
                       release: Callable[[], None]) -> None:

@@ -264,14 +264,26 @@ class OnePortTests(unittest.TestCase):
 
     # -- PROXY protocol to real consumers ----------------------------------
 
+    def _curl_from_a_port(self, url: str) -> tuple[str, int]:
+        """curl ``url`` from a chosen local port: its answer, and the port."""
+        for _ in range(5):
+            client_port = free_port()
+            host = re.match(r"https?://([^:/]+)", url).group(1)  # type: ignore[union-attr]
+            out = subprocess.run(
+                ["curl", "-sS", "--max-time", "10", "--local-port", str(client_port),
+                 "--resolve", f"{host}:{self.port}:127.0.0.1", url],
+                capture_output=True, text=True, timeout=30)
+            if out.returncode != 45:  # 45: the port was taken meanwhile; another
+                break
+        self.assertEqual(out.returncode, 0, out.stderr + self.switchyard.log_text())
+        return out.stdout, client_port
+
     def test_nginxSeesRealClientThroughProxyV1(self) -> None:
-        client_port = free_port()
-        body = self.curl(f"http://pp1.example.com:{self.port}/", "--local-port", str(client_port))
+        body, client_port = self._curl_from_a_port(f"http://pp1.example.com:{self.port}/")
         self.assertEqual(body, f"pp 127.0.0.1 {client_port}\n")
 
     def test_haproxySeesRealClientAndAuthorityThroughProxyV2(self) -> None:
-        client_port = free_port()
-        body = self.curl(f"http://pp2.example.com:{self.port}/", "--local-port", str(client_port))
+        body, client_port = self._curl_from_a_port(f"http://pp2.example.com:{self.port}/")
         self.assertEqual(body, f"src=127.0.0.1 sport={client_port} authority=pp2.example.com\n")
 
     def test_ipv6ClientAddressReachesNginxAndHaproxy(self) -> None:
@@ -279,14 +291,17 @@ class OnePortTests(unittest.TestCase):
             ("http://pp1.example.com:{}/", "pp ::1 {}\n"),
             ("http://pp2.example.com:{}/", "src=::1 sport={} authority=pp2.example.com\n"),
         ]:
-            client_port = _free_port6()
-            expected = expected.format(client_port)
-            out = subprocess.run(
-                ["curl", "-sS", "--max-time", "10", "-6", "--local-port", str(client_port),
-                 "--resolve", f"{url.split('/')[2].split(':')[0]}:{self.port6}:[::1]",
-                 url.format(self.port6)],
-                capture_output=True, text=True, timeout=30)
-            self.assertEqual(out.stdout, expected, out.stderr + self.switchyard.log_text())
+            for _ in range(5):
+                client_port = _free_port6()
+                out = subprocess.run(
+                    ["curl", "-sS", "--max-time", "10", "-6", "--local-port", str(client_port),
+                     "--resolve", f"{url.split('/')[2].split(':')[0]}:{self.port6}:[::1]",
+                     url.format(self.port6)],
+                    capture_output=True, text=True, timeout=30)
+                if out.returncode != 45:  # 45: the port was taken meanwhile; another
+                    break
+            self.assertEqual(out.stdout, expected.format(client_port),
+                             out.stderr + self.switchyard.log_text())
 
     # -- built-in echo, the default route, timeouts ------------------------
 

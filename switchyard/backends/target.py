@@ -16,6 +16,7 @@ from zope.interface import implementer
 from switchyard.backends.discovery import Discovery
 from switchyard.backends.health import HealthChecker
 from switchyard.backends.pool import FULL, Pool, Server
+from switchyard.deadlines import Deadlines
 from switchyard.interfaces import IConnection, ITarget
 from switchyard.proxyheader import build_header
 from switchyard.splice import DirectConnect
@@ -160,7 +161,7 @@ class _Dispatch:
                 connection.splice_socket(sock, prefix(), release)
 
             attempt = DirectConnect(target.reactor, server.direct[0], server.direct[1],
-                                    target.connect_timeout, done)
+                                    target.connect_deadlines, done)
             if attempt.done is not None:  # not decided at once
                 connection.pending = attempt
             return
@@ -194,6 +195,8 @@ class BackendTarget:
         self._pump_again = False
         self._refusing = False  # the queue is full: logged once per episode
         pool.on_capacity = self._pump
+        # The connect timeouts of bare-socket connects, on one timer.
+        self.connect_deadlines = Deadlines(reactor, connect_timeout, DirectConnect.expired)
 
     @property
     def servers(self) -> tuple[Server, ...]:
