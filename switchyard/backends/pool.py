@@ -98,6 +98,11 @@ class Pool:
     def choose(self, client: str, exclude: Any = ()) -> Server | Full | None:
         """The server for a connection from ``client``, FULL, or None if no server
         (not in ``exclude``: those this connection already tried) is up."""
+        if len(self.servers) == 1:  # the common case, without the tiers and lists
+            only = self.servers[0]
+            if not only.up or only.weight <= 0 or only in exclude:
+                return None
+            return only if only.has_room() else FULL
         eligible = [s for s in self.servers if s.up and s.weight > 0 and s not in exclude]
         if not eligible:
             return None
