@@ -6,6 +6,10 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
+from twisted.logger import Logger
+
+log = Logger(namespace="switchyard")
+
 
 class Deadline:
     """One pending timeout; L{cancel} it when what it guards is over."""
@@ -64,7 +68,11 @@ class Deadlines:
             item, deadline.item = deadline.item, None
             if item is not None:
                 self._live -= 1
-                self.expire(item)
+                try:
+                    self.expire(item)
+                except Exception:
+                    # One failure must not stop the timeouts after it.
+                    log.failure("a timeout's handler failed")
         # Cancelled ones at the front would only wake the timer for nothing.
         while queue and queue[0].item is None:
             queue.popleft()

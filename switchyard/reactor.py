@@ -111,8 +111,3 @@ def install() -> Any:
 
     return reactor
 
-
-def adopt(reactor: Any, fd: int, selectable: Any) -> tuple[bool, bool] | None:
-    """L{SwitchyardReactor.adopt}, or None on another reactor."""
-    method = getattr(reactor, "adopt", None)
-    return None if method is None else method(fd, selectable)  # type: ignore[no-any-return]

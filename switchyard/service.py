@@ -60,19 +60,26 @@ class ListenerService(StreamServerEndpointService):
 
 
 class AccessLogService(Service):
-    """Opens the access log file at start; flushes and closes it at stop.
+    """Opens the access log file at start; flushes and closes it once the
+    reactor has shut down.
 
-    Added before the listeners, it stops after them: the lines of the
-    connections that finish during the grace period are written too.
+    Services stop all at once (the listeners' grace period runs after this
+    one's stopService): the file is closed by an "after shutdown" trigger,
+    after the last connection closed in the grace period or by the
+    reactor's own disconnectAll has written its line.
     """
 
     def __init__(self, access_log: AccessLogFile) -> None:
         self.access_log = access_log
+        self._trigger: Any = None
 
     def startService(self) -> None:
         super().startService()
         self.access_log.open()
+        reactor = self.access_log.reactor
+        self._trigger = reactor.addSystemEventTrigger("after", "shutdown",
+                                                      self.access_log.close)
 
     def stopService(self) -> None:
-        self.access_log.close()
+        self.access_log.flush()  # what is written so far, at once
         return super().stopService()

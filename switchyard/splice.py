@@ -238,14 +238,15 @@ class _Direction:
 
 
 class SpliceRelay:
-    """Relay a client and a peer socket both ways with splice(2), owning both until the end.
+    """Relay a client and a peer socket both ways, owning both until the end.
 
-    The caller checks L{can_splice} first and has already written what the
-    peer must see first (PROXY header, buffered opening) to the peer's
-    transport; L{start} takes that buffer over and sends it before any
-    spliced byte. When both directions have ended (half-close passed on each
-    way) the transports are closed with C{loseConnection}; on an error they
-    are aborted. Either way their protocols get C{connectionLost} as usual,
+    The peer is a Twisted transport, or a bare connected socket (from
+    L{DirectConnect}). L{start} takes the sockets over: what the transports
+    had not sent yet, and ``peer_head`` (PROXY header and opening), go first.
+    Small reads are copied, big ones spliced through a pipe. When both
+    directions have ended (half-close passed on each way) both sockets are
+    closed at once, a reset if bytes were lost; the transports' protocols
+    get C{connectionLost} as usual, a bare peer's owner ``peer_closed``,
     after C{connection._set_reason} said why.
     """
 
@@ -519,8 +520,10 @@ class SpliceRelay:
     def _hand_back(self, abort: bool) -> None:
         # Both directions are over (or given up): close the sockets now, the
         # peer first, so the connection hears of the client's end last.
-        for side in (self.peer, self.client):
-            side.close(abort)
+        try:
+            self.peer.close(abort)
+        finally:
+            self.client.close(abort)
 
 
 def _take_buffer(transport: Any) -> bytes:
@@ -545,21 +548,32 @@ class DirectConnect:
     No Twisted transport, connector, factory or Deferred is made for the
     peer: the relay takes the bare socket. ``done`` is called exactly once:
     with the connected socket and ``None``, or with ``None`` and the
-    failure (``ConnectError`` subclasses as Twisted's TCP connect gives,
-    or ``TimeoutError`` after ``timeout`` seconds, or ``CancelledError``).
+    failure: a ``ConnectError`` subclass as Twisted's TCP connect gives,
+    ``TimeoutError`` when ``deadlines`` (whose expire() calls L{expired})
+    says time is up, or ``CancelledError`` (L{cancel}).
+
+    On switchyard's reactor the connected socket is handed over still
+    registered for writing: the relay adopts that registration, and a
+    socket no relay takes must be closed with L{close_socket}.
     """
 
-    __slots__ = ("reactor", "sock", "done", "timer", "registered")
+    __slots__ = ("reactor", "sock", "address", "done", "timer", "registered")
 
     def __init__(self, reactor: Any, family: int, address: tuple[Any, ...],
                  deadlines: Deadlines,
                  done: Callable[[socket.socket | None, Failure | None], None]) -> None:
         self.reactor = reactor
+        self.address = address
         self.done: Callable[[socket.socket | None, Failure | None], None] | None = done
         self.timer: Any = None
         self.registered = False
-        self.sock = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK
-                                  | socket.SOCK_CLOEXEC)
+        try:
+            self.sock = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK
+                                      | socket.SOCK_CLOEXEC)
+        except OSError as e:  # EMFILE, ENFILE, ENOBUFS: a failed connect like any other
+            self.sock = None  # type: ignore[assignment]
+            self._end(False, error.ConnectError(string=f"no socket: {e.strerror or e}"))
+            return
         code = self.sock.connect_ex(address)
         if code == 0:
             self._end(True)
@@ -577,33 +591,43 @@ class DirectConnect:
         return "DirectConnect"
 
     def on_event(self, event: int) -> None:
-        """Writable, from L{switchyard.reactor}: the connect is over."""
+        """Writable, from L{switchyard.reactor}."""
         try:
             self.doWrite()
         except Exception:
             log.failure("direct connect: unexpected error")
-            self._end(False, Failure(error.ConnectError(string="unexpected error (logged)")))
+            self._end(False, error.ConnectError(string="unexpected error (logged)"))
 
     def doWrite(self) -> None:
-        code = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        # Asked again, as Twisted's TCP client does: a writable event may be
+        # a stale one meant for an earlier socket with the same fd number.
+        code = self.sock.connect_ex(self.address)
+        if code in (0, errno.EISCONN):
+            self._end(True)
+        elif code not in (errno.EINPROGRESS, errno.EALREADY, errno.EWOULDBLOCK, errno.EAGAIN):
+            self._end(False, error.getConnectError((code, os.strerror(code))))
+
+    def connectionLost(self, reason: Failure) -> None:
+        # The reactor saw a hang-up or an error (a refused connect), or is
+        # shutting down; it dropped the registration. Never a success.
+        self.registered = False
+        try:
+            code = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        except OSError as e:
+            code = e.errno or errno.EIO
         if code:
             self._end(False, error.getConnectError((code, os.strerror(code))))
         else:
-            self._end(True)
-
-    def connectionLost(self, reason: Failure) -> None:
-        # The reactor saw a hang-up or an error, and dropped the registration.
-        self.registered = False
-        self.doWrite()
+            self._end(False, error.ConnectError(string=reason.getErrorMessage()))
 
     def cancel(self) -> None:
         """Give up (the client left): closes the socket; ``done`` hears CancelledError."""
-        self._end(False, Failure(CancelledError()))
+        self._end(False, CancelledError())
 
     def expired(self) -> None:
         """The connect timeout: give up."""
         self.timer = None
-        self._end(False, Failure(error.TimeoutError(string="connect timed out")))
+        self._end(False, error.TimeoutError(string="connect timed out"))
 
     def _end(self, ok: bool, failure: Any = None) -> None:
         done, self.done = self.done, None
@@ -612,22 +636,24 @@ class DirectConnect:
         if self.registered:
             self.registered = False
             if not (ok and hasattr(self.reactor, "adopt")):
-                # (On switchyard's reactor a connected socket stays
-                # registered: the relay adopts the registration, or
-                # close_socket forgets it.)
                 self.reactor.removeWriter(self)
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
-        if ok:
-            done(self.sock, None)
+        if not ok:
+            if self.sock is not None:
+                self.sock.close()
+            done(None, failure if isinstance(failure, Failure) else Failure(failure))
             return
-        self.sock.close()
-        done(None, failure if isinstance(failure, Failure) else Failure(failure))
-
-
-# Their plain events skip Twisted's per-event logging context (switchyard.reactor).
-_reactor_module.DIRECT.update((_Socket, DirectConnect))
+        try:
+            done(self.sock, None)
+        except Exception:
+            # The taker failed before adopting the socket: it must not stay
+            # registered (a connected socket is always writable).
+            log.failure("direct connect: the connected socket's taker failed")
+            if self in self.reactor.getWriters():  # no relay adopted it: nobody's now
+                self.reactor.removeWriter(self)
+                self.sock.close()
 
 
 def close_socket(reactor: Any, sock: socket.socket) -> None:
@@ -636,3 +662,7 @@ def close_socket(reactor: Any, sock: socket.socket) -> None:
     if forget is not None:
         forget(sock.fileno())
     sock.close()
+
+
+# Their plain events skip Twisted's per-event logging context (switchyard.reactor).
+_reactor_module.DIRECT.update((_Socket, DirectConnect))

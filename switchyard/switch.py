@@ -69,7 +69,7 @@ class SwitchFactory(Factory):
         self._sweep: Any = None
         shortest = min([listener.idle_timeout, *(r.idle_timeout for r in listener.routes
                                                  if r.idle_timeout is not None)])
-        self.sweep_interval = max(0.01, min(1.0, shortest / 20))
+        self.sweep_interval = max(0.05, min(1.0, shortest / 20))
         # Every connection's inspect_timeout, on one timer.
         self.inspect_deadlines = Deadlines(reactor, listener.inspect_timeout,
                                            SwitchProtocol._inspect_expired)
@@ -106,7 +106,10 @@ class SwitchFactory(Factory):
         for connection in list(self.connections):
             if connection.state is _RELAYING and not connection.closing:
                 relaying = True
-                connection._check_idle(now)
+                try:
+                    connection._check_idle(now)
+                except Exception:
+                    log.failure("idle check of a connection failed")
         if relaying and self.connections:
             self.watch_idle()
 
@@ -409,7 +412,8 @@ class SwitchProtocol(Protocol):
             # The kernel moves the bytes from here on: the relay sends what
             # is still buffered in peer first, sees a client EOF on the
             # socket itself, and ends in the usual connectionLost calls.
-            self._splicer = SpliceRelay(self.reactor, self, self.transport, peer).start()
+            self._splicer = SpliceRelay(self.reactor, self, self.transport, peer)
+            self._splicer.start()
             return
         peer.registerProducer(self.transport, True)
         if IPushProducer.providedBy(peer):
@@ -446,9 +450,10 @@ class SwitchProtocol(Protocol):
         opening, self.buffered = self.buffered, b""
         self._last_activity = self.reactor.seconds()
         self._start_idle_timer()
+        # Known before start(), which may end the relay at once.
         self._splicer = SpliceRelay(self.reactor, self, self.transport, peer_socket=sock,
-                                    peer_head=prefix + opening,
-                                    peer_closed=peer_closed).start()
+                                    peer_head=prefix + opening, peer_closed=peer_closed)
+        self._splicer.start()
 
     def peer_data(self, data: bytes) -> None:
         self.bytes_out += len(data)
@@ -570,11 +575,13 @@ class SwitchProtocol(Protocol):
             return
         self.state = _CLOSED
         factory = self.factory
+        # Logged first: forget() may end the graceful stop, whose last step
+        # closes the access log.
+        if not self.quiet:
+            emit_access_event(self, factory.access_log if factory is not None else None)
         if factory is not None:
             if self._counted_host is not None:
                 factory.per_client[self._counted_host] -= 1
                 if factory.per_client[self._counted_host] <= 0:
                     del factory.per_client[self._counted_host]
             factory.forget(self)
-        if not self.quiet:
-            emit_access_event(self, factory.access_log if factory is not None else None)

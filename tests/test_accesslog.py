@@ -101,6 +101,27 @@ class DaemonTests(unittest.TestCase):
         self.assertEqual(len(current), 1, current)
         self.assertIn(" in=5 out=5 ", current[0])
 
+    def test_connectionsClosedAtTheEndOfTheGracePeriodAreLogged(self) -> None:
+        folder = os.path.abspath(self.mktemp())
+        os.makedirs(folder)
+        path = os.path.join(folder, "access.log")
+        port = free_port()
+        config = CONFIG.format(path=path, port=port).replace(
+            "[listener.main]\n", "[listener.main]\ngrace_period = 1\n")
+        running = start_switchyard(self, config, port)
+        self.addCleanup(running.stop)
+        held = []
+        for _ in range(3):  # open through the whole grace period
+            sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+            self.addCleanup(sock.close)
+            sock.sendall(b"hold")
+            self.assertEqual(sock.recv(10), b"hold")
+            held.append(sock)
+        running.process.send_signal(signal.SIGTERM)
+        self.assertEqual(running.process.wait(timeout=15), 0)
+        lines = [line for line in _lines(path) if "close=shutdown" in line]
+        self.assertEqual(len(lines), 3, _lines(path))
+
     def test_unwritablePathIsAConfigError(self) -> None:
         port = free_port()
         config = write_config(self, CONFIG.format(path="/nonexistent/dir/access.log",

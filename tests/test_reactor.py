@@ -51,3 +51,66 @@ class ReactorTests(unittest.TestCase):
 
     def test_anotherReactorChosenWithTwistdWorksToo(self) -> None:
         self._through(("--reactor=poll",), "PollReactor")
+
+
+class DispatchTests(unittest.TestCase):
+    """SwitchyardReactor.doPoll, on an instance of its own (not installed)."""
+
+    def test_relayClassesAreDispatchedDirectly(self) -> None:
+        from switchyard.reactor import DIRECT
+        from switchyard.splice import DirectConnect, _Socket
+
+        self.assertLessEqual({_Socket, DirectConnect}, DIRECT)
+
+    def test_plainEventsDirectErrorsTheUsualWay(self) -> None:
+        import socket
+
+        from switchyard.reactor import DIRECT, SwitchyardReactor
+
+        calls: list[tuple[str, int]] = []
+
+        class Probe:
+            def __init__(self, sock: socket.socket) -> None:
+                self.sock = sock
+
+            def fileno(self) -> int:
+                return self.sock.fileno()
+
+            def logPrefix(self) -> str:
+                return "Probe"
+
+            def on_event(self, event: int) -> None:
+                calls.append(("direct", event))
+
+            def doRead(self) -> None:
+                calls.append(("doRead", 0))
+
+            def connectionLost(self, reason: object) -> None:
+                calls.append(("connectionLost", 0))
+
+        DIRECT.add(Probe)
+        self.addCleanup(DIRECT.discard, Probe)
+        reactor = SwitchyardReactor()
+        self.addCleanup(reactor._poller.close)
+        a, b = socket.socketpair()
+        self.addCleanup(a.close)
+        probe = Probe(a)
+        reactor.addReader(probe)
+        b.send(b"x")
+        reactor.doPoll(1)
+        self.assertEqual(calls[0][0], "direct")
+        b.close()  # the peer hangs up: EPOLLIN|EPOLLHUP, not a plain event
+        reactor.doPoll(1)
+        self.assertEqual(calls[-1][0], "doRead")  # through Twisted's _doReadOrWrite
+
+        def probes() -> list[object]:
+            return [r for r in reactor.getReaders() if isinstance(r, Probe)]
+
+        reactor.set_interest(probe, a.fileno(), False, False)
+        self.assertEqual(probes(), [])
+        reactor.set_interest(probe, a.fileno(), True, False)
+        self.assertEqual(probes(), [probe])
+        self.assertEqual(reactor.adopt(a.fileno(), "other"), (True, False))
+        reactor.adopt(a.fileno(), probe)
+        reactor.forget(a.fileno())
+        self.assertEqual(probes(), [])

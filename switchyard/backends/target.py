@@ -19,7 +19,7 @@ from switchyard.backends.pool import FULL, Pool, Server
 from switchyard.deadlines import Deadlines
 from switchyard.interfaces import IConnection, ITarget
 from switchyard.proxyheader import build_header
-from switchyard.splice import DirectConnect
+from switchyard.splice import DirectConnect, close_socket
 
 log = Logger(namespace="switchyard.backend")
 
@@ -158,7 +158,16 @@ class _Dispatch:
                     return
                 connection.pending = None
                 pool.connect_succeeded(server)
-                connection.splice_socket(sock, prefix(), release)
+                try:
+                    head = prefix()
+                except Exception:
+                    log.failure("backend {backend}: cannot build the PROXY header",
+                                backend=target.name)
+                    close_socket(target.reactor, sock)
+                    release()
+                    connection.close("error", "cannot build the PROXY header (logged)")
+                    return
+                connection.splice_socket(sock, head, release)
 
             attempt = DirectConnect(target.reactor, server.direct[0], server.direct[1],
                                     target.connect_deadlines, done)
