@@ -574,6 +574,7 @@ class SwitchProtocol(Protocol):
         if self.state is _CLOSED or self._peer_open or self._client_open:
             return
         self.state = _CLOSED
+        self._splicer = None  # (a reference cycle: the relay knows this connection)
         factory = self.factory
         # Logged first: forget() may end the graceful stop, whose last step
         # closes the access log.
