@@ -387,12 +387,7 @@ class SpliceRelay:
         if n == 0:
             d.eof = True
             return 0
-        books = self.connection
-        if d.inbound:
-            books.bytes_in += n
-        else:
-            books.bytes_out += n
-        books._last_activity = self.reactor.seconds()
+        self._count(d, n)
         try:
             sent = d.dst.sock.send(_COPY_VIEW[:n])
         except BlockingIOError:
@@ -417,13 +412,17 @@ class SpliceRelay:
             d.eof = True
             return 0
         d.pending += n
+        self._count(d, n)
+        return n
+
+    def _count(self, d: _Direction, n: int) -> None:
+        """``n`` bytes read from d.src: the access log's counts, the idle timer's clock."""
         books = self.connection
         if d.inbound:
             books.bytes_in += n
         else:
             books.bytes_out += n
         books._last_activity = self.reactor.seconds()
-        return n
 
     def _drain(self, d: _Direction) -> bool:
         """Send the head, then the pipe, to dst; False when dst cannot take more now."""

@@ -399,14 +399,11 @@ class SwitchProtocol(Protocol):
             peer.loseConnection()
             return
         self.peer = peer
-        self._peer_open = True
-        self.state = _RELAYING
-        opening, self.buffered = self.buffered, b""
+        opening = self._start_relay()
         if prefix or opening:
             peer.write(prefix + opening)
             if self.closing:  # the peer may answer and close synchronously
                 return
-        self._last_activity = self.reactor.seconds()
         self._start_idle_timer()
         if self.listener.fast_path and can_splice(self.transport, peer):
             # The kernel moves the bytes from here on: the relay sends what
@@ -422,6 +419,14 @@ class SwitchProtocol(Protocol):
             self._half_close(peer, peer_was_producer=True)
         else:
             self.transport.resumeProducing()
+
+    def _start_relay(self) -> bytes:
+        """Enter RELAYING with a peer; returns the opening, which the peer gets first."""
+        self._peer_open = True
+        self.state = _RELAYING
+        self._last_activity = self.reactor.seconds()
+        opening, self.buffered = self.buffered, b""
+        return opening
 
     def takes_socket(self) -> bool:
         """Whether a target may hand over a bare connected socket (L{splice_socket})."""
@@ -445,10 +450,7 @@ class SwitchProtocol(Protocol):
             release()
             self.peer_lost(reason)
 
-        self._peer_open = True
-        self.state = _RELAYING
-        opening, self.buffered = self.buffered, b""
-        self._last_activity = self.reactor.seconds()
+        opening = self._start_relay()
         self._start_idle_timer()
         # Known before start(), which may end the relay at once.
         self._splicer = SpliceRelay(self.reactor, self, self.transport, peer_socket=sock,
@@ -533,19 +535,21 @@ class SwitchProtocol(Protocol):
         else:  # nested (decrypted) connections have no factory: a timer of their own
             self._idle_call = self.reactor.callLater(self._idle_timeout(), self._idle_check)
 
-    def _check_idle(self, now: float) -> None:
+    def _check_idle(self, now: float) -> bool:
+        """Close the relay if it has been idle too long; True if it was closed."""
         idle = now - self._last_activity
         if idle >= self._idle_timeout():
             self.close("idle_timeout", f"no data either way for {idle:.0f}s")
+            return True
+        return False
 
     def _idle_check(self) -> None:
+        """The own timer of a nested connection: check, or wait for the rest."""
         self._idle_call = None
-        idle = self.reactor.seconds() - self._last_activity
-        if idle >= self._idle_timeout():
-            self.close("idle_timeout", f"no data either way for {idle:.0f}s")
-        else:
-            self._idle_call = self.reactor.callLater(self._idle_timeout() - idle,
-                                                     self._idle_check)
+        now = self.reactor.seconds()
+        if not self._check_idle(now):
+            self._idle_call = self.reactor.callLater(
+                self._idle_timeout() - (now - self._last_activity), self._idle_check)
 
     def _idle_timeout(self) -> float:
         if self.route is not None and self.route.idle_timeout is not None:

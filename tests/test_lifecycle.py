@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import signal
 import socket
-import socketserver
 import threading
 import time
 
@@ -50,32 +49,14 @@ to = "echo"
 servers = ["127.0.0.1:{slow}"]
 """
 
-SLOW_BYTES = 2_000_000
-
-
-class _SlowHandler(socketserver.BaseRequestHandler):
-    """Answers any request with 2 MB sent over about 2 seconds."""
-
-    def handle(self) -> None:
-        self.request.recv(100)
-        chunk = traffic.payload(3, SLOW_BYTES // 20)
-        for _ in range(20):
-            self.request.sendall(chunk)
-            time.sleep(0.1)
-        self.request.close()
-
-
 class LifecycleTests(unittest.TestCase):
     timeout = 60
 
     def start(self, grace: float = 10) -> None:
-        server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), _SlowHandler)
-        server.daemon_threads = True
-        threading.Thread(target=server.serve_forever, daemon=True).start()
-        self.addCleanup(server.server_close)
-        self.addCleanup(server.shutdown)
+        server = traffic.SlowServer()
+        self.addCleanup(server.stop)
         self.port = free_port()
-        config = CONFIG.format(port=self.port, grace=grace, slow=server.server_address[1])
+        config = CONFIG.format(port=self.port, grace=grace, slow=server.port)
         self.switchyard = start_switchyard(self, config, self.port)
         # The start-up probe connection must be gone before limits are counted.
         log_after(self.switchyard, "closed before sending anything")
@@ -104,7 +85,7 @@ class LifecycleTests(unittest.TestCase):
         # ...but every transfer in flight completed, intact.
         self.assertEqual(len(results), 3)
         for body in results:
-            self.assertEqual(body, traffic.payload(3, SLOW_BYTES // 20) * 20)
+            self.assertEqual(body, traffic.SLOW_BODY)
         self.assertEqual(self.switchyard.process.wait(15), 0)
         log = self.switchyard.log_text()
         self.assertIn("stopped accepting; 3 open connections have 10s to finish", log)

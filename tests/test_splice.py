@@ -300,6 +300,17 @@ class SpliceRelayTests(unittest.TestCase):
         self.addCleanup(backend.close)
         return backend
 
+    def listening_backend(self) -> tuple[_RawBackend, threading.Event]:
+        """A backend that reads the opening, sets the event, then reads to the end."""
+        opened = threading.Event()
+
+        def handle(conn: socket.socket) -> bytes:
+            _recv_exact(conn, OPENING)
+            opened.set()
+            return traffic.recv_all(conn)
+
+        return self.raw_backend(handle), opened
+
     @defer.inlineCallbacks
     def all_done(self, harness: _Harness, n: int) -> Any:
         for _ in range(600):
@@ -685,14 +696,7 @@ class SpliceRelayTests(unittest.TestCase):
     @defer.inlineCallbacks
     def test_reactorLettingGoClosesBoth(self) -> Any:
         """At shutdown the reactor drops its descriptors and calls connectionLost."""
-        opened = threading.Event()
-
-        def handle(conn: socket.socket) -> bytes:
-            _recv_exact(conn, OPENING)
-            opened.set()
-            return traffic.recv_all(conn)
-
-        backend = self.raw_backend(handle)
+        backend, opened = self.listening_backend()
         harness, port = yield self.listen(backend.endpoint())
         with socket.create_connection(("127.0.0.1", port), timeout=30) as client:
             client.sendall(b"l" * OPENING)
@@ -714,14 +718,7 @@ class SpliceRelayTests(unittest.TestCase):
     @defer.inlineCallbacks
     def test_stopClosesBoth(self) -> Any:
         """The switch's idle timeout: both ends get an orderly close."""
-        opened = threading.Event()
-
-        def handle(conn: socket.socket) -> bytes:
-            _recv_exact(conn, OPENING)
-            opened.set()
-            return traffic.recv_all(conn)
-
-        backend = self.raw_backend(handle)
+        backend, opened = self.listening_backend()
         harness, port = yield self.listen(backend.endpoint())
         with socket.create_connection(("127.0.0.1", port), timeout=30) as client:
             client.sendall(b"i" * OPENING)

@@ -7,7 +7,6 @@ import re
 import shutil
 import signal
 import socket
-import socketserver
 import ssl
 import tempfile
 import threading
@@ -77,21 +76,6 @@ servers = ["127.0.0.1:{digest}"]
 servers = ["127.0.0.1:{slow}"]
 """
 
-SLOW_BYTES = 2_000_000
-
-
-class _SlowHandler(socketserver.BaseRequestHandler):
-    """Answers any request with 2 MB sent over about 2 seconds."""
-
-    def handle(self) -> None:
-        self.request.recv(100)
-        chunk = traffic.payload(3, SLOW_BYTES // 20)
-        for _ in range(20):
-            self.request.sendall(chunk)
-            time.sleep(0.1)
-        self.request.close()
-
-
 def _pid_exists(pid: int) -> bool:
     """Whether ``pid`` runs (a zombie an orphan left to a non-reaping init does not)."""
     try:
@@ -109,11 +93,8 @@ class WorkerTests(unittest.TestCase):
         """Start twistd with ``workers`` in the TOML and ``args`` after --config."""
         self.digest = traffic.DigestServer()
         self.addCleanup(self.digest.stop)
-        slow = socketserver.ThreadingTCPServer(("127.0.0.1", 0), _SlowHandler)
-        slow.daemon_threads = True
-        threading.Thread(target=slow.serve_forever, daemon=True).start()
-        self.addCleanup(slow.server_close)
-        self.addCleanup(slow.shutdown)
+        slow = traffic.SlowServer()
+        self.addCleanup(slow.stop)
         self.certs = os.path.abspath(self.mktemp())
         self.ca = make_ca(self.certs)
         self.ca.issue(["site.example", "127.0.0.1"], os.path.join(self.certs, "site"))
@@ -124,7 +105,7 @@ class WorkerTests(unittest.TestCase):
         self.port = free_port()
         config = write_config(self, CONFIG.format(
             workers=workers, port=self.port, grace=grace, socket=self.socket_path,
-            certs=self.certs, digest=self.digest.port, slow=slow.server_address[1]))
+            certs=self.certs, digest=self.digest.port, slow=slow.port))
         workdir = os.path.abspath(self.mktemp())
         os.makedirs(workdir)
         self.log_file = os.path.join(workdir, "twistd.log")
@@ -278,7 +259,7 @@ class WorkerTests(unittest.TestCase):
         # ...but every transfer in flight completed, intact.
         self.assertEqual(len(results), 4)
         for body in results:
-            self.assertEqual(body, traffic.payload(3, SLOW_BYTES // 20) * 20)
+            self.assertEqual(body, traffic.SLOW_BODY)
         self.assertEqual(self.switchyard.process.wait(20), 0)
         log = self.switchyard.log_text()
         self.assertRegex(log, r"\[worker \d\] listener main: stopped accepting; \d open "

@@ -15,6 +15,7 @@ import socket
 import socketserver
 import struct
 import threading
+import time
 from typing import Any
 
 LOCALHOST = "127.0.0.1"
@@ -55,8 +56,10 @@ class _Server(socketserver.ThreadingTCPServer):
 class DigestServer:
     """A threaded backend on 127.0.0.1; ``stop`` closes it."""
 
+    handler: type[socketserver.BaseRequestHandler] = _DigestHandler
+
     def __init__(self) -> None:
-        self.server = _Server((LOCALHOST, 0), _DigestHandler)
+        self.server = _Server((LOCALHOST, 0), self.handler)
         self.port = self.server.server_address[1]
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()
@@ -64,6 +67,26 @@ class DigestServer:
     def stop(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+# What SlowServer sends to every client: 2 MB over about 2 seconds.
+SLOW_CHUNK = payload(3, 100_000)
+SLOW_BODY = SLOW_CHUNK * 20
+
+
+class _SlowHandler(socketserver.BaseRequestHandler):
+    def handle(self) -> None:
+        self.request.recv(100)
+        for _ in range(20):
+            self.request.sendall(SLOW_CHUNK)
+            time.sleep(0.1)
+        self.request.close()
+
+
+class SlowServer(DigestServer):
+    """A threaded backend on 127.0.0.1 answering any request with SLOW_BODY, slowly."""
+
+    handler = _SlowHandler
 
 
 def _recv_exact(sock: socket.socket, n: int) -> bytes:
