@@ -136,6 +136,13 @@ class _Socket:
         """Readable and/or writable, from L{switchyard.reactor} (no Twisted
         wrapping): the same as doRead then doWrite."""
         try:
+            if event == _EPOLLIN:
+                d = self.outgoing
+                if not (d.bulk or d.head or d.pending or d.eof):
+                    # The common case, a small message to copy across, done
+                    # here in one frame: what _pump would do, call by call.
+                    self.relay._copy_message(d)
+                    return
             if event & _EPOLLIN:
                 self.relay._pump(self.outgoing)
             if event & _EPOLLOUT:
@@ -250,7 +257,8 @@ class SpliceRelay:
     after C{connection._set_reason} said why.
     """
 
-    __slots__ = ("reactor", "connection", "client", "peer", "_peer_head", "done", "_tuned")
+    __slots__ = ("reactor", "connection", "client", "peer", "_peer_head", "done", "_tuned",
+                 "_now")
 
     def __init__(self, reactor: Any, connection: Books, client_transport: Any,
                  peer_transport: Any = None, *, peer_socket: socket.socket | None = None,
@@ -268,6 +276,7 @@ class SpliceRelay:
         # switchyard's reactor hands registrations over by fd, changes them
         # with one epoll_ctl, and forgets them when the socket is closed.
         self._tuned = hasattr(reactor, "set_interest")
+        self._now = reactor.seconds
 
     def start(self) -> SpliceRelay:
         """Take both sockets over from their transports and begin relaying."""
@@ -315,6 +324,46 @@ class SpliceRelay:
         self._hand_back(abort=truncated)
 
     # -- the pump ---------------------------------------------------------
+
+    def _copy_message(self, d: _Direction) -> None:
+        """``d.src`` is readable and ``d`` holds nothing (copy mode): copy one
+        read across. A read that leaves nothing to wait for (the usual
+        message: read, sent whole) changes no registration; anything else
+        goes on in L{_pump}."""
+        if self.done:
+            return
+        src = d.src
+        try:
+            n = src.sock.recv_into(_COPY_BUFFER)
+        except BlockingIOError:
+            return
+        except OSError as e:
+            self._fail(f"{src.role}_reset", e.strerror or str(e))
+            return
+        if n == 0:
+            d.eof = True
+            self._pump(d)  # passes the end of stream on
+            return
+        books = self.connection
+        if d.inbound:
+            books.bytes_in += n
+        else:
+            books.bytes_out += n
+        books._last_activity = self._now()
+        try:
+            sent = d.dst.sock.send(_COPY_VIEW[:n])
+        except BlockingIOError:
+            sent = 0
+        except OSError as e:
+            self._fail(f"{d.dst.role}_reset", e.strerror or str(e))
+            return
+        if sent < n:
+            d.head = memoryview(_COPY_BUFFER[sent:n])  # a copy: the buffer is shared
+        elif n < COPY_SIZE:
+            return  # src is empty, dst took it all: nothing to change
+        if n == COPY_SIZE:
+            d.bulk = True  # a full buffer: more may follow, splice it
+        self._pump(d)
 
     def _pump(self, d: _Direction) -> None:
         if self.done:
@@ -422,7 +471,7 @@ class SpliceRelay:
             books.bytes_in += n
         else:
             books.bytes_out += n
-        books._last_activity = self.reactor.seconds()
+        books._last_activity = self._now()
 
     def _drain(self, d: _Direction) -> bool:
         """Send the head, then the pipe, to dst; False when dst cannot take more now."""
