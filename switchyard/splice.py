@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import functools
+import ipaddress
 import os
 import select
 import socket
@@ -605,6 +607,19 @@ def _take_buffer(transport: Any) -> bytes:
     return b"".join(parts)
 
 
+# connect(2)'s answers for "not yet": the first call's, and a repeated call's.
+_IN_PROGRESS = frozenset((errno.EINPROGRESS, errno.EALREADY, errno.EWOULDBLOCK, errno.EAGAIN))
+
+
+@functools.lru_cache(maxsize=256)
+def _loopback(host: str) -> bool:
+    """Whether ``host`` (an IP address) is a loopback address."""
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 @implementer(IWriteDescriptor)
 class DirectConnect:
     """A non-blocking connect(2) to an IP address, for a relay that will splice.
@@ -639,9 +654,15 @@ class DirectConnect:
             self._end(False, error.ConnectError(string=f"no socket: {e.strerror or e}"))
             return
         code = self.sock.connect_ex(address)
+        if code in _IN_PROGRESS and _loopback(address[0]):
+            # On loopback the handshake is done within connect(2) itself:
+            # asked again at once, rather than a poll round later.
+            code = self.sock.connect_ex(address)
+            if code == errno.EISCONN:
+                code = 0
         if code == 0:
             self._end(True)
-        elif code in (errno.EINPROGRESS, errno.EWOULDBLOCK, errno.EAGAIN):
+        elif code in _IN_PROGRESS:
             self.registered = True
             reactor.addWriter(self)
             self.timer = deadlines.add(self)  # expired() after deadlines.length
@@ -668,7 +689,7 @@ class DirectConnect:
         code = self.sock.connect_ex(self.address)
         if code in (0, errno.EISCONN):
             self._end(True)
-        elif code not in (errno.EINPROGRESS, errno.EALREADY, errno.EWOULDBLOCK, errno.EAGAIN):
+        elif code not in _IN_PROGRESS:
             self._end(False, error.getConnectError((code, os.strerror(code))))
 
     def connectionLost(self, reason: Failure) -> None:

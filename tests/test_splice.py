@@ -27,7 +27,15 @@ from twisted.python.failure import Failure
 from twisted.trial import unittest
 from zope.interface import implementer
 
-from switchyard.splice import PIPE_SIZE, SUPPORTED, SpliceRelay, can_splice
+from switchyard.deadlines import Deadlines
+from switchyard.splice import (
+    PIPE_SIZE,
+    SUPPORTED,
+    DirectConnect,
+    SpliceRelay,
+    _loopback,
+    can_splice,
+)
 from tests import traffic
 
 reactor: Any = _reactor
@@ -763,3 +771,52 @@ class SpliceRelayTests(unittest.TestCase):
         self.assertIsInstance(backend.error, (ConnectionResetError, BrokenPipeError))
         with self.assertRaises(ConnectionResetError):
             yield _in_thread(_count_until_eof, client)
+
+
+class DirectConnectTests(unittest.TestCase):
+    """The bare-socket connect of the fast path, against real loopback sockets."""
+
+    if not SUPPORTED:
+        skip = "splice(2) is Linux only"
+
+    def connect(self, port: int) -> tuple[DirectConnect, list[Any]]:
+        outcomes: list[Any] = []
+        deadlines = Deadlines(reactor, 5.0, DirectConnect.expired)
+        self.addCleanup(deadlines.stop)
+        attempt = DirectConnect(reactor, socket.AF_INET, ("127.0.0.1", port), deadlines,
+                                lambda sock, failure: outcomes.append((sock, failure)))
+        return attempt, outcomes
+
+    def test_loopbackConnectsWithinTheCall(self) -> None:
+        """On loopback the handshake is over when connect(2) returns: the
+        socket is handed over at once, never registered for a poll round."""
+        listening = socket.create_server(("127.0.0.1", 0))
+        self.addCleanup(listening.close)
+        writers_before = set(reactor.getWriters())
+        attempt, outcomes = self.connect(listening.getsockname()[1])
+        self.assertEqual(len(outcomes), 1)
+        sock, failure = outcomes[0]
+        self.addCleanup(sock.close)
+        self.assertIsNone(failure)
+        self.assertIsNone(attempt.done)  # decided, nothing pending
+        self.assertEqual(set(reactor.getWriters()), writers_before)
+        accepted, _ = listening.accept()
+        self.addCleanup(accepted.close)
+        self.assertEqual(accepted.getpeername(), sock.getsockname())
+
+    def test_loopbackRefusalIsAConnectError(self) -> None:
+        probe = socket.create_server(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+        probe.close()  # nothing listens there now
+        attempt, outcomes = self.connect(port)
+        self.assertEqual(len(outcomes), 1)
+        sock, failure = outcomes[0]
+        self.assertIsNone(sock)
+        self.assertTrue(failure.check(error.ConnectionRefusedError), failure)
+        self.assertEqual([w for w in reactor.getWriters() if w is attempt], [])
+
+    def test_loopbackAddresses(self) -> None:
+        for host, expected in [("127.0.0.1", True), ("127.8.9.10", True), ("::1", True),
+                               ("10.0.0.1", False), ("2001:db8::1", False),
+                               ("localhost", False)]:
+            self.assertEqual(_loopback(host), expected, host)
