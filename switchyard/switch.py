@@ -124,6 +124,15 @@ class SwitchFactory(Factory):
         return d
 
 
+def _no_delay(transport: Any) -> None:
+    """TCP_NODELAY (L{switchyard.splice.no_delay}) on a relayed Twisted transport:
+    TCP and TLS over TCP; others have no such option."""
+    try:
+        transport.setTcpNoDelay(True)
+    except (AttributeError, NotImplementedError, OSError):
+        pass
+
+
 def _address_facts(address: Any) -> dict[str, Any]:
     host = getattr(address, "host", None)
     if host is None:
@@ -412,6 +421,8 @@ class SwitchProtocol(Protocol):
             self._splicer = SpliceRelay(self.reactor, self, self.transport, peer)
             self._splicer.start()
             return
+        for transport in (self.transport, peer):
+            _no_delay(transport)
         peer.registerProducer(self.transport, True)
         if IPushProducer.providedBy(peer):
             self.transport.registerProducer(peer, True)

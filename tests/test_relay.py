@@ -196,6 +196,30 @@ class RelayTests(unittest.TestCase):
         got = yield threads.deferToThread(_read_count, client)
         self.assertEqual(got, total)
 
+    @defer.inlineCallbacks
+    def test_relayedSocketsSendSmallWritesAtOnce(self) -> None:
+        """Both relayed TCP sockets have TCP_NODELAY, as HAProxy's and nginx's do."""
+        listening = socket.create_server(("127.0.0.1", 0))
+        self.addCleanup(listening.close)
+        port = yield self.start("b", {"b": {"servers": [
+            f"127.0.0.1:{listening.getsockname()[1]}"]}})
+        client = socket.create_connection(("127.0.0.1", port))
+        self.addCleanup(client.close)
+        client.sendall(b"hello")
+        for _ in range(200):
+            connection = getattr(self.factory, "last", None)
+            if connection is not None and connection.state == "relaying":
+                break
+            yield _sleep(0.05)
+        relay = connection._splicer
+        self.assertEqual(relay is not None, self.fast_path)
+        if relay is not None:
+            sockets = [relay.client.sock, relay.peer.sock]
+        else:
+            sockets = [connection.transport.getHandle(), connection.peer.getHandle()]
+        for sock in sockets:
+            self.assertTrue(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY), sock)
+
 
 def _send_and_read(port: int, data: bytes) -> bytes:
     with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
