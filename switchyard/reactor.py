@@ -24,6 +24,11 @@ from twisted.python import log
 
 # Descriptor classes with ``on_event(event)``: filled by switchyard.splice.
 DIRECT: set[type] = set()
+# Twisted classes whose events take Twisted's usual handling without the
+# logging context around it: their own log lines are namespaced, so the
+# context's "system" prefix adds nothing (listening ports and accepted
+# connections, whose first read is each connection's sniff).
+QUIET: set[type] = set()
 
 try:
     from twisted.internet.epollreactor import EPollReactor
@@ -47,12 +52,21 @@ if EPollReactor is not None:
             selectables = self._selectables
             usual = self._doReadOrWrite
             direct = DIRECT
+            quiet = QUIET
             for fd, event in events:
                 selectable = selectables.get(fd)
                 if selectable is None:
                     continue  # unregistered by an earlier event of this batch
-                if type(selectable) in direct and not event & ~_FAST:
+                kind = type(selectable)
+                if kind in direct and not event & ~_FAST:
                     selectable.on_event(event)
+                elif kind in quiet:
+                    try:
+                        usual(selectable, fd, event)
+                    except Exception:
+                        # What callWithLogger would do: log, and go on with
+                        # the rest of the batch.
+                        log.err(None, f"error handling an event of {selectable!r}")
                 else:
                     log.callWithLogger(selectable, usual, selectable, fd, event)
 
@@ -98,6 +112,15 @@ if EPollReactor is not None:
             self._reads.discard(fd)
             self._writes.discard(fd)
             self._selectables.pop(fd, None)
+
+
+def _quiet_twisted_classes() -> None:
+    from twisted.internet import tcp
+
+    QUIET.update((tcp.Port, tcp.Server))
+
+
+_quiet_twisted_classes()
 
 
 def install() -> Any:

@@ -21,6 +21,7 @@ from typing import Any
 from OpenSSL import SSL
 from service_identity import VerificationError
 from twisted.internet import error
+from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.interfaces import (
     IAddress,
     IHalfCloseableProtocol,
@@ -42,6 +43,7 @@ from switchyard.proxyheader import BadProxyHeader, read_header
 from switchyard.splice import SpliceRelay, can_splice, close_socket
 
 _CONNECTION_DONE = Failure(error.ConnectionDone())
+_IP_ADDRESSES = (IPv4Address, IPv6Address)
 
 _PROXY_HEADER = "proxy-header"
 _SNIFFING, _CONNECTING, _RELAYING, _CLOSED = "sniffing", "connecting", "relaying", "closed"
@@ -77,6 +79,9 @@ class SwitchFactory(Factory):
     def buildProtocol(self, addr: IAddress | None) -> SwitchProtocol:
         p = SwitchProtocol(self.listener, self.reactor)
         p.factory = self
+        if type(addr) in _IP_ADDRESSES:
+            # The port built it from accept(2)'s answer, as getPeer() would.
+            p.client_address = addr
         return p
 
     def forget(self, connection: SwitchProtocol) -> None:
@@ -169,6 +174,7 @@ class SwitchProtocol(Protocol):
         self._spliceable: bool | None = None  # the client is a plain socket (takes_socket)
         self._asked_tls_close = False  # we sent the TLS backend close_notify
         self.quiet = False  # a nested connection (TLS termination) logs for this one
+        self.client_address: Any = None  # from the port, else getPeer() when connected
         self.listener = listener
         self.reactor = reactor
         self.parent = parent  # the outer connection, for a nested (decrypted) one
@@ -198,7 +204,8 @@ class SwitchProtocol(Protocol):
 
     def connectionMade(self) -> None:
         self.started = self.reactor.seconds()
-        self.client_address = self.transport.getPeer()
+        if self.client_address is None:
+            self.client_address = self.transport.getPeer()
         self._local_address: Any = None  # asked of the socket only if needed
         self._set_client_facts()
         factory = self.factory
@@ -316,7 +323,7 @@ class SwitchProtocol(Protocol):
     def connectionLost(self, reason: Failure = _CONNECTION_DONE) -> None:
         self._client_open = False
         if self.reason is None:
-            if reason.check(error.ConnectionDone):
+            if isinstance(reason.value, error.ConnectionDone):
                 self._set_reason("normal" if self.state is _RELAYING else "client_closed")
             else:
                 self._set_reason("client_reset" if self.state is _RELAYING else "client_closed",
@@ -482,10 +489,11 @@ class SwitchProtocol(Protocol):
         self._peer_open = False
         # After our close_notify, many servers (nginx among them) close
         # without answering theirs: that is the end we asked for, not a reset.
-        clean = reason.check(error.ConnectionDone) or (
-            self._asked_tls_close and reason.check(error.ConnectionLost))
+        # (isinstance on the value: Failure.check builds qualified names.)
+        clean = isinstance(reason.value, error.ConnectionDone) or (
+            self._asked_tls_close and isinstance(reason.value, error.ConnectionLost))
         if self.reason is None and not clean:
-            failed_tls = reason.check(SSL.Error, VerificationError)
+            failed_tls = isinstance(reason.value, (SSL.Error, VerificationError))
             self._set_reason("backend_tls_failed" if failed_tls else "backend_reset",
                              reason.getErrorMessage())
         if not self.closing:

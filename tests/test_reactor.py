@@ -62,6 +62,53 @@ class DispatchTests(unittest.TestCase):
 
         self.assertLessEqual({_Socket, DirectConnect}, DIRECT)
 
+    def test_twistedTcpEventsSkipTheLoggingContext(self) -> None:
+        """Listening ports and accepted connections take Twisted's usual
+        handling without the per-event logging context; an error escaping
+        it is logged and the rest of the batch is still handled."""
+        import socket
+
+        from twisted.internet import main, tcp
+        from twisted.python import context, log
+
+        from switchyard.reactor import QUIET, SwitchyardReactor
+
+        self.assertLessEqual({tcp.Port, tcp.Server}, QUIET)
+        seen: list[tuple[str, object]] = []
+
+        class Quiet:
+            def __init__(self, sock: socket.socket, name: str) -> None:
+                self.sock, self.name = sock, name
+
+            def fileno(self) -> int:
+                return self.sock.fileno()
+
+            def logPrefix(self) -> str:
+                return self.name
+
+            def doRead(self) -> object:
+                seen.append((self.name, context.get(log.ILogContext, {}).get("system")))
+                return main.CONNECTION_DONE if self.name == "broken" else None
+
+            def connectionLost(self, reason: object) -> None:
+                raise RuntimeError("connectionLost failed")
+
+        QUIET.add(Quiet)
+        self.addCleanup(QUIET.discard, Quiet)
+        reactor = SwitchyardReactor()
+        self.addCleanup(reactor._poller.close)
+        pairs = [socket.socketpair() for _ in range(2)]
+        for a, b in pairs:
+            self.addCleanup(a.close)
+            self.addCleanup(b.close)
+            b.send(b"x")
+        reactor.addReader(Quiet(pairs[0][0], "broken"))
+        reactor.addReader(Quiet(pairs[1][0], "fine"))
+        reactor.doPoll(1)
+        # Not "broken"/"fine": no context named after the descriptor.
+        self.assertEqual(sorted(seen), [("broken", "-"), ("fine", "-")])
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
     def test_plainEventsDirectErrorsTheUsualWay(self) -> None:
         import socket
 
