@@ -74,21 +74,29 @@ def ip_socket_address(value: str) -> tuple[int, tuple[str, int]] | None:
     return (socket.AF_INET if ip.version == 4 else socket.AF_INET6), (str(ip), port)
 
 
+# The accept queue of the short forms: a burst of new connections waits in
+# it rather than having its SYNs dropped (a client retries after 1 s).
+# Twisted's own default is 50; the kernel caps it at net.core.somaxconn
+# (4096 since Linux 5.4), as nginx's 511 and HAProxy's maxconn are.
+BACKLOG = 4096
+
+
 def server_endpoint_string(value: str) -> str:
-    """Expand ``IP:port``, ``[v6]:port`` and ``port`` to Twisted's syntax."""
+    """Expand ``IP:port``, ``[v6]:port`` and ``port`` to Twisted's syntax
+    (with a L{BACKLOG} accept queue); anything else is left as written."""
     hp = split_host_port(value)
     if hp is not None:
         host, port = hp
         if not host:
-            return f"tcp:{port}"
+            return f"tcp:{port}:backlog={BACKLOG}"
         try:
             ip = ipaddress.ip_address(host)
         except ValueError:
             return value  # not an address: let the endpoint parser judge it
         iface = str(ip).replace(":", "\\:")
-        return f"tcp{'6' if ip.version == 6 else ''}:{port}:interface={iface}"
+        return f"tcp{'6' if ip.version == 6 else ''}:{port}:interface={iface}:backlog={BACKLOG}"
     if value.isdigit():
-        return f"tcp:{value}"
+        return f"tcp:{value}:backlog={BACKLOG}"
     return value
 
 

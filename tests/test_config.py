@@ -5,6 +5,7 @@ from __future__ import annotations
 import glob
 import os
 import socket
+import subprocess
 import tomllib
 from typing import Any
 
@@ -211,3 +212,42 @@ class CommandLineTests(unittest.TestCase):
             out = run_twistd("-n", "--pidfile=", "switchyard", "--config", path, timeout=30)
         self.assertNotEqual(out.returncode, 0)
         self.assertIn("Address already in use", out.stdout + out.stderr)
+
+
+class ListenBacklogTests(unittest.TestCase):
+    """The short ``listen`` forms get a deep accept queue, not Twisted's 50."""
+
+    async def _listen_and_read_backlog(self, listen: str, port: int) -> int:
+        from twisted.internet.protocol import Factory
+
+        config = compile_text(GOOD.format(port=port).replace(f'"127.0.0.1:{port}"',
+                                                             f'"{listen}"'))
+        listening = await config.listeners[0].endpoint.listen(Factory())
+        try:
+            # ss shows a listening socket's accept-queue limit as Send-Q.
+            out = subprocess.run(["ss", "-Hltn", f"sport = :{port}"], capture_output=True,
+                                 text=True, check=True).stdout.split()
+            return int(out[2])
+        finally:
+            await listening.stopListening()
+
+    def test_shortFormsListenWithTheDefaultBacklog(self) -> Any:
+        from twisted.internet.defer import Deferred
+
+        from switchyard.endpoints import BACKLOG
+
+        with open("/proc/sys/net/core/somaxconn") as f:
+            expected = min(BACKLOG, int(f.read()))
+
+        async def check() -> None:
+            for form in ("127.0.0.1:{port}", "{port}"):
+                port = free_port()
+                got = await self._listen_and_read_backlog(form.format(port=port), port)
+                self.assertEqual(got, expected, form)
+            # An endpoint string written out is taken as it is.
+            port = free_port()
+            got = await self._listen_and_read_backlog(
+                f"tcp:{port}:interface=127.0.0.1:backlog=7", port)
+            self.assertEqual(got, 7)
+
+        return Deferred.fromCoroutine(check())

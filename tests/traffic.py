@@ -137,3 +137,20 @@ def exchange(port: int, send: int, receive: int, seed: int = 1, host: str = LOCA
     if got[receive:] != hashlib.sha256(mine).digest():
         raise AssertionError("the backend's digest of what we sent does not match")
     return {"sent": len(mine), "received": len(got)}
+
+
+def kernel_buffering() -> int:
+    """The most the kernel may buffer between a backend and a client that
+    does not read (receive buffer 64 KiB), through one switch: the backend's
+    send buffer, the switch's receive and send buffers (autotuned up to the
+    tcp_rmem and tcp_wmem maxima), a splice pipe, and some slack."""
+    def maximum(name: str) -> int:
+        with open(f"/proc/sys/net/ipv4/{name}") as f:
+            return int(f.read().split()[2])
+
+    return 2 * maximum("tcp_wmem") + maximum("tcp_rmem") + 4 * 1024 * 1024
+
+
+def whole_chunks(n: int, chunk: int) -> int:
+    """``n`` rounded up to a multiple of ``chunk``."""
+    return -(-n // chunk) * chunk
