@@ -7,7 +7,10 @@ this machine, which is most of the Python cost of relaying one small
 message (two events per request and answer). Descriptors whose class is in
 L{DIRECT} handle their own errors and get plain read and write events by a
 method call; hang-ups and errors, and every other descriptor, take
-Twisted's usual path.
+Twisted's usual path. Twisted's own TCP ports and accepted connections
+(L{QUIET}) take the usual path without the logging context: Twisted's
+legacy error lines from inside them then show ``[-]`` rather than the
+connection's log prefix.
 
 ``twistd switchyard`` installs it unless another reactor was chosen
 (``twistd --reactor=...``) or is already installed; on systems without
@@ -63,7 +66,9 @@ if EPollReactor is not None:
                 elif kind in quiet:
                     try:
                         usual(selectable, fd, event)
-                    except Exception:
+                    except KeyboardInterrupt:
+                        raise
+                    except BaseException:
                         # What callWithLogger would do: log, and go on with
                         # the rest of the batch.
                         log.err(None, f"error handling an event of {selectable!r}")

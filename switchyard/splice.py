@@ -647,9 +647,10 @@ class DirectConnect:
     ``TimeoutError`` when ``deadlines`` (whose expire() calls L{expired})
     says time is up, or ``CancelledError`` (L{cancel}).
 
-    On switchyard's reactor the connected socket is handed over still
-    registered for writing: the relay adopts that registration, and a
-    socket no relay takes must be closed with L{close_socket}.
+    On switchyard's reactor a socket that waited for its connect is handed
+    over still registered for writing: the relay adopts that registration
+    (one connected within the call, on loopback, is not registered yet).
+    A socket no relay takes must be closed with L{close_socket}.
     """
 
     __slots__ = ("reactor", "sock", "address", "done", "timer", "registered")
@@ -749,11 +750,16 @@ class DirectConnect:
         try:
             done(self.sock, None)
         except Exception:
-            # The taker failed before adopting the socket: it must not stay
-            # registered (a connected socket is always writable).
             log.failure("direct connect: the connected socket's taker failed")
-            if self in self.reactor.getWriters():  # no relay adopted it: nobody's now
+            # Unless a relay took it over, the socket is nobody's now: it
+            # must not stay registered (a connected socket is always
+            # writable) nor open.
+            fd = self.sock.fileno()
+            owned = any(d is not self and d.fileno() == fd
+                        for d in [*self.reactor.getReaders(), *self.reactor.getWriters()])
+            if self in self.reactor.getWriters():
                 self.reactor.removeWriter(self)
+            if not owned:
                 self.sock.close()
 
 
