@@ -23,6 +23,7 @@ import select
 import sys
 from typing import Any
 
+from twisted.internet import tcp
 from twisted.python import log
 
 # Descriptor classes with ``on_event(event)``: filled by switchyard.splice.
@@ -31,7 +32,7 @@ DIRECT: set[type] = set()
 # logging context around it: their own log lines are namespaced, so the
 # context's "system" prefix adds nothing (listening ports and accepted
 # connections, whose first read is each connection's sniff).
-QUIET: set[type] = set()
+QUIET: set[type] = {tcp.Port, tcp.Server}
 
 try:
     from twisted.internet.epollreactor import EPollReactor
@@ -117,15 +118,6 @@ if EPollReactor is not None:
             self._reads.discard(fd)
             self._writes.discard(fd)
             self._selectables.pop(fd, None)
-
-
-def _quiet_twisted_classes() -> None:
-    from twisted.internet import tcp
-
-    QUIET.update((tcp.Port, tcp.Server))
-
-
-_quiet_twisted_classes()
 
 
 def install() -> Any:

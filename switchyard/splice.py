@@ -350,38 +350,16 @@ class SpliceRelay:
         goes on in L{_pump}."""
         if self.done:
             return
-        src = d.src
         try:
-            n = src.sock.recv_into(_COPY_BUFFER)
-        except BlockingIOError:
+            n = self._copy(d)
+        except _SideError as e:
+            self._fail(f"{e.side.role}_reset", e.error.strerror or str(e.error))
             return
-        except OSError as e:
-            self._fail(f"{src.role}_reset", e.strerror or str(e))
-            return
-        if n == 0:
-            d.eof = True
-            self._pump(d)  # passes the end of stream on
-            return
-        books = self.connection
-        if d.inbound:
-            books.bytes_in += n
-        else:
-            books.bytes_out += n
-        books._last_activity = self._now()
-        try:
-            sent = d.dst.sock.send(_COPY_VIEW[:n])
-        except BlockingIOError:
-            sent = 0
-        except OSError as e:
-            self._fail(f"{d.dst.role}_reset", e.strerror or str(e))
-            return
-        if sent < n:
-            d.head = memoryview(_COPY_BUFFER[sent:n])  # a copy: the buffer is shared
-        elif n < COPY_SIZE:
-            return  # src is empty, dst took it all: nothing to change
+        if n is None or (0 < n < COPY_SIZE and not d.head):
+            return  # nothing read now; or read, sent whole, src empty: nothing to change
         if n == COPY_SIZE:
             d.bulk = True  # a full buffer: more may follow, splice it
-        self._pump(d)
+        self._pump(d)  # an end of stream to pass on, or bytes dst could not take yet
 
     def _pump(self, d: _Direction) -> None:
         if self.done:
