@@ -1,4 +1,10 @@
-"""Read a TOML config and compile it, once, into immutable route tables."""
+"""Read a TOML config and compile it, once, into immutable route tables.
+
+The config knows listeners and routes. Targets come from target kind
+plugins (L{ITargetKind}: ``[backend.NAME]``, ``[responder.NAME]``,
+``[tls.NAME]`` and any third party's), matchers from matcher plugins: each
+reads its own tables, so this module imports none of them.
+"""
 
 from __future__ import annotations
 
@@ -13,18 +19,26 @@ from twisted.internet.interfaces import IStreamServerEndpoint
 from twisted.plugin import getPlugins
 from zope.interface import implementer
 
-from switchyard.backends import BackendTarget, compile_backend
 from switchyard.endpoints import server_endpoint
-from switchyard.interfaces import NO, IMatcher, IMatcherFactory, ITarget, OptionError
+from switchyard.interfaces import (
+    NO,
+    ICompileContext,
+    IMatcher,
+    IMatcherFactory,
+    ITarget,
+    ITargetKind,
+    OptionError,
+)
 from switchyard.networks import Network, access_rule, parse_networks
+from switchyard.observe.accesslog import AccessLogFile
 from switchyard.options import Options
-from switchyard.responders import BUILTIN_RESPONDERS, compile_responder
-from switchyard.tlsterm import compile_tls_target
 
 DEFAULT_INSPECT_TIMEOUT = 5.0
 DEFAULT_MAX_SNIFF_BYTES = 16 * 1024
 DEFAULT_IDLE_TIMEOUT = 600.0
 DEFAULT_GRACE_PERIOD = 30.0
+MAX_WORKERS = 256
+TOP_LEVEL_KEYS = ("listener", "workers", "access_log")
 
 ROUTE_KEYS = ("name", "match", "to", "allow", "deny", "idle_timeout", "total_timeout")
 
@@ -72,9 +86,10 @@ class Listener:
 class Config:
     path: str
     listeners: tuple[Listener, ...]
-    backends: Mapping[str, BackendTarget]
-    targets: Mapping[str, ITarget]
+    targets: Mapping[str, ITarget]  # every target by name, built-in ones included
     access_log: str | None = None  # a file for the access lines, else the twistd log
+    workers: int = 1  # processes sharing the listening sockets (switchyard.app.supervisor)
+    source: bytes = b""  # the file's bytes, which workers compile in turn
 
 
 def matcher_factories() -> dict[str, IMatcherFactory]:
@@ -84,18 +99,49 @@ def matcher_factories() -> dict[str, IMatcherFactory]:
     return {f.name: f for f in getPlugins(IMatcherFactory, twisted.plugins)}
 
 
+def target_kinds() -> dict[str, ITargetKind]:
+    """Every target kind plugin installed, built-in or third party, by section."""
+    import twisted.plugins
+
+    kinds = sorted(getPlugins(ITargetKind, twisted.plugins), key=lambda k: (k.order, k.section))
+    return {k.section: k for k in kinds}
+
+
+@implementer(ICompileContext)
+@attr.s(frozen=True, slots=True, auto_attribs=True)
+class _Context:
+    reactor: Any
+    base_dir: str
+    targets: Mapping[str, ITarget]
+    factories: Mapping[str, IMatcherFactory]
+
+    def compile_routes(self, key: str, name: str, table: Mapping[str, Any]) -> Listener:
+        return _compile_listener(key, name, table, targets=self.targets,
+                                 factories=self.factories, reactor=self.reactor)
+
+
 def load(path: str, reactor: Any) -> Config:
     """Read and compile the config at ``path``; raise L{ConfigError}."""
     try:
         with open(path, "rb") as f:
-            raw = tomllib.load(f)
+            source = f.read()
     except FileNotFoundError:
         raise ConfigError("", f"config file {path!r} does not exist")
     except OSError as e:
         raise ConfigError("", f"cannot read config file {path!r}: {e.strerror}")
+    return compile_source(source, reactor, path)
+
+
+def compile_source(source: bytes, reactor: Any, path: str = "<config>") -> Config:
+    """Compile the bytes of a config file (``path`` names it, and relative
+    file names are relative to its folder); raise L{ConfigError}."""
+    try:
+        raw = tomllib.loads(source.decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise ConfigError("", f"{path} is not UTF-8 text: {e.reason} at byte {e.start}")
     except tomllib.TOMLDecodeError as e:
         raise ConfigError("", f"{path} is not valid TOML: {e}")
-    return compile_config(raw, reactor, path=path)
+    return attr.evolve(compile_config(raw, reactor, path=path), source=source)
 
 
 def _within(key: str, compile_part: Callable[[], T]) -> T:
@@ -111,54 +157,45 @@ def compile_config(
     reactor: Any,
     path: str = "<config>",
     factories: Mapping[str, IMatcherFactory] | None = None,
+    kinds: Mapping[str, ITargetKind] | None = None,
 ) -> Config:
     if factories is None:
         factories = matcher_factories()
-    top = _within("", lambda: Options(raw, ("listener", "backend", "responder", "tls",
-                                            "workers", "access_log")))
+    if kinds is None:
+        kinds = target_kinds()
+    top = _within("", lambda: Options(raw, (*TOP_LEVEL_KEYS, *kinds)))
     access_log = _within("", lambda: top.text("access_log"))
     if access_log is not None:
-        from switchyard.accesslog import AccessLogFile
-
         problem = AccessLogFile.check(access_log) if access_log else "must not be empty"
         if problem:
             raise ConfigError("access_log", problem)
-    # Worker processes (switchyard.workers, which reads it): checked here so
-    # a bad value fails like any other key.
-    from switchyard.workers import MAX_WORKERS
-
-    _within("", lambda: top.integer("workers", 1, minimum=1, maximum=MAX_WORKERS))
-    targets: dict[str, ITarget] = dict(BUILTIN_RESPONDERS)
-    backends: dict[str, BackendTarget] = {}
-    for section in ("backend", "responder"):
+    workers = _within("", lambda: top.integer("workers", 1, minimum=1, maximum=MAX_WORKERS))
+    targets: dict[str, ITarget] = {}
+    builtin: set[str] = set()
+    for kind in kinds.values():
+        targets.update(kind.builtins)
+        builtin.update(kind.builtins)
+    base_dir = os.path.dirname(os.path.abspath(path)) if path != "<config>" else "."
+    for section, kind in sorted(kinds.items(), key=lambda item: (item[1].order, item[0])):
+        # Each kind sees the targets of the kinds before it (a TLS
+        # termination's inner routes may use any backend, not another
+        # termination).
+        context = _Context(reactor=reactor, base_dir=base_dir, targets=dict(targets),
+                           factories=factories)
         for name, table in _tables(section, raw.get(section, {})).items():
             key = f"{section}.{name}"
             if name in targets:
-                what = "a built-in target" if name in BUILTIN_RESPONDERS else "already a target"
+                what = "a built-in target" if name in builtin else "already a target"
                 raise ConfigError(key, f"{name!r} is {what}")
-            if section == "backend":
-                backend = _within(key, partial(compile_backend, name, table, reactor))
-                backends[name] = targets[name] = backend
-            else:
-                targets[name] = _within(key, partial(compile_responder, name, table))
-    # TLS terminations come last: their nested routes may use any backend
-    # or responder (not another termination).
-    for name, table in _tables("tls", raw.get("tls", {})).items():
-        key = f"tls.{name}"
-        if name in targets:
-            raise ConfigError(key, f"{name!r} is already a target")
-        nested = partial(_compile_listener, key, name, targets=dict(targets),
-                         factories=factories, reactor=reactor)
-        base_dir = os.path.dirname(os.path.abspath(path)) if path != "<config>" else "."
-        targets[name] = _within(key, partial(compile_tls_target, name, table, nested, base_dir))
+            targets[name] = _within(key, partial(kind.compile, name, table, context))
     listeners_raw = _tables("listener", raw.get("listener"), required=True)
     listeners = tuple(
         _compile_listener(f"listener.{name}", name, table, targets=targets,
                           factories=factories, reactor=reactor, nested=False)
         for name, table in listeners_raw.items()
     )
-    return Config(path=path, listeners=listeners, backends=backends, targets=targets,
-                  access_log=access_log)
+    return Config(path=path, listeners=listeners, targets=targets, access_log=access_log,
+                  workers=workers)
 
 
 _NESTED_KEYS = ("route", "inspect_timeout", "max_sniff_bytes", "on_timeout", "idle_timeout")

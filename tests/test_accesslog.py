@@ -11,7 +11,7 @@ import time
 from twisted.internet.task import Clock
 from twisted.trial import unittest
 
-from switchyard.accesslog import AccessLogFile
+from switchyard.observe.accesslog import AccessLogFile
 from tests.daemon import log_after, run_twistd, start_switchyard, write_config
 from tests.peers import free_port
 
@@ -27,7 +27,7 @@ to = "echo"
 """
 
 LINE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[+-]\d{4} 127\.0\.0\.1:\d+ main/any -> echo "
-                  r"facts\[\] in=(\d+) out=(\d+) [\d.]+s close=normal$")
+                  r"facts\[\] in=(\d+) out=(\d+) [\d.]+s relay=\w+ close=normal$")
 
 
 def _echo_once(port: int, payload: bytes) -> bytes:

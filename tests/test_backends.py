@@ -15,18 +15,19 @@ from twisted.names.error import DNSNameError, DNSServerError
 from twisted.python.failure import Failure
 from twisted.trial import unittest
 
-from switchyard.backends import BackendTarget, Server, backends_service, compile_backend
-from switchyard.backends.balancing import (
+from switchyard.app.service import targets_service
+from switchyard.config import compile_config
+from switchyard.interfaces import OptionError
+from switchyard.targets.backends import BackendTarget, Server, compile_backend
+from switchyard.targets.backends.balancing import (
     LeastConnections,
     PowerOfTwoChoices,
     RoundRobin,
     SourceHash,
 )
-from switchyard.backends.discovery import Discovered, Found
-from switchyard.backends.health import CheckSpec, HealthChecker
-from switchyard.backends.pool import FULL, Pool
-from switchyard.config import compile_config
-from switchyard.interfaces import OptionError
+from switchyard.targets.backends.discovery import Discovered, Found
+from switchyard.targets.backends.health import CheckSpec, HealthChecker
+from switchyard.targets.backends.pool import FULL, Pool
 from tests.fakes import CapturedEvents, HalfCloseableTransport
 
 
@@ -105,7 +106,7 @@ class FakeConnection:
     def peer_eof(self) -> None:
         pass
 
-    def peer_lost(self, reason: Any) -> None:
+    def peer_lost(self, reason: Any, why: str | None = None) -> None:
         self.lost.append(reason)
 
     def close(self, reason: str, detail: str = "", reply: bytes = b"") -> None:
@@ -568,7 +569,7 @@ class TargetTests(unittest.TestCase):
         self.assertEqual((len(second.spliced), len(third.spliced)), (0, 1))
 
     def test_firstFillsServersInOrder(self) -> None:
-        from switchyard.backends.balancing import First
+        from switchyard.targets.backends.balancing import First
 
         target, (e0, e1) = make_target(self.clock, [{"max_connections": 2}, {}], First())
         for _ in range(5):
@@ -649,8 +650,8 @@ class HealthTests(unittest.TestCase):
 
     def test_serviceStartsAndStopsChecks(self) -> None:
         target, (e0,) = make_target(self.clock, [{}], checker=CheckSpec(interval=1))
-        config = type("C", (), {"backends": {"b": target}})()
-        service = backends_service(config)
+        config = type("C", (), {"targets": {"b": target}})()
+        service = targets_service(config)
         service.startService()
         self.assertEqual(len(e0.attempts), 1)
         e0.refuse()

@@ -31,7 +31,7 @@ from tests.peers import Running, free_port, start_process
 
 ACCESS_LINE = re.compile(r"(?P<client>127\.0\.0\.1:\d+) (?P<listener>\w+)/(?P<route>\S+) -> "
                          r"(?P<server>\S+) facts\[.*\] in=\d+ out=\d+ [\d.]+s "
-                         r"close=(?P<reason>\w+)")
+                         r"relay=(?P<relay>[\w-]+) close=(?P<reason>\w+)")
 SETTLE = 60.0  # seconds anything may take on a shared, loaded machine
 
 

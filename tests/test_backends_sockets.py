@@ -17,9 +17,10 @@ from twisted.names import common, dns, server
 from twisted.names.error import DomainError
 from twisted.trial import unittest
 
-from switchyard.backends import backends_service, compile_backend
+from switchyard.app.service import targets_service
 from switchyard.config import compile_config
-from switchyard.switch import SwitchFactory
+from switchyard.listener import ListenerBooks
+from switchyard.targets.backends import compile_backend
 from tests import traffic
 from tests.fakes import CapturedEvents
 from tests.peers import free_port
@@ -97,7 +98,7 @@ def hold(port: int) -> tuple[socket.socket, str]:
     return s, line.decode().strip()
 
 
-class _Tracking(SwitchFactory):
+class _Tracking(ListenerBooks):
     def buildProtocol(self, addr: Any) -> Any:
         p = super().buildProtocol(addr)
         self.built.append(p)
@@ -128,9 +129,9 @@ class SwitchCase(unittest.TestCase):
         raw = {"listener": {"t": {"listen": "tcp:0", "route": [{"match": "any", "to": "b"}]}},
                "backend": {"b": backend}}
         config = compile_config(raw, reactor)
-        self.target = config.backends["b"]
+        self.target = config.targets["b"]
         if start:
-            service = backends_service(config)
+            service = targets_service(config)
             service.startService()
             self.addCleanup(service.stopService)
         factory = _Tracking(config.listeners[0], reactor)
@@ -138,7 +139,7 @@ class SwitchCase(unittest.TestCase):
         port = yield TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(factory)
         self.addCleanup(port.stopListening)
         # Runs after the test's own cleanups have closed its client sockets.
-        self.addCleanup(wait_until, lambda: all(p.state == "closed" for p in factory.built),
+        self.addCleanup(wait_until, lambda: all(p.state.value == "closed" for p in factory.built),
                         "every switched connection to close")
         return port.getHost().port
 

@@ -52,7 +52,7 @@ class ExampleConfigTests(unittest.TestCase):
         self.assertEqual([r.name for r in public.routes],
                          ["https", "https-no-sni", "ssh", "api", "web", "default"])
         self.assertEqual(public.on_timeout.target.name, "sshd")
-        self.assertEqual(config.backends["nginx_https"].proxy_protocol, "v2")
+        self.assertEqual(config.targets["nginx_https"].proxy_protocol, "v2")
 
 
 class ConfigErrorTests(unittest.TestCase):

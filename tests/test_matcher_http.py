@@ -11,11 +11,10 @@ from hypothesis import strategies as st
 from twisted.trial.unittest import TestCase
 
 from switchyard.interfaces import NEED_MORE, NO, Match, MatcherConfigError
-from switchyard.matchers.http import (
+from switchyard.matchers.http import H2CMatcherFactory, HTTPMatcherFactory
+from switchyard.wire.http import (
     H2_PREFACE,
     MAX_REQUEST_LINE,
-    H2CMatcherFactory,
-    HTTPMatcherFactory,
     RequestHead,
     parse_request_head,
     split_authority,

@@ -11,12 +11,8 @@ from hypothesis import strategies as st
 from twisted.trial.unittest import TestCase
 
 from switchyard.interfaces import NEED_MORE, NO, Match, MatcherConfigError, MatchResult
-from switchyard.matchers.tls import (
-    ClientHello,
-    TLSMatcherFactory,
-    parse_client_hello,
-    version_name,
-)
+from switchyard.matchers.tls import TLSMatcherFactory
+from switchyard.wire.tls import ClientHello, parse_client_hello, version_name
 from tests.openings import (
     Opening,
     all_vectors,

@@ -15,8 +15,9 @@ from twisted.trial.unittest import TestCase
 from switchyard.interfaces import NEED_MORE, NO, Match, MatcherConfigError, MatchResult
 from switchyard.matchers.http import HTTPMatcherFactory
 from switchyard.matchers.obfs import ObfsHTTPMatcherFactory, ObfsTLSMatcherFactory
-from switchyard.matchers.tls import ClientHello, TLSMatcherFactory, parse_client_hello
+from switchyard.matchers.tls import TLSMatcherFactory
 from switchyard.matchers.websocket import WebSocketMatcherFactory
+from switchyard.wire.tls import ClientHello, parse_client_hello
 from tests.obfs_peers import start_ss_local
 from tests.openings import (
     Opening,

@@ -20,7 +20,7 @@ from twisted.internet import reactor
 from twisted.trial import unittest
 
 from switchyard.config import load
-from switchyard.responders import RedirectTarget
+from switchyard.targets.responders import RedirectTarget
 from tests.daemon import REPO, start_switchyard
 from tests.obfs_peers import (
     plugin_pids,
@@ -216,7 +216,7 @@ class ObfsWebsiteTests(unittest.TestCase):
         self.assertIn(f"\r\nLocation: https://{HOST}:{self.port}/page?x=1\r\n", head)
         [line] = self.access_log(r"public/to-https ")
         self.assertRegex(line, rf"-> to_https facts\[[^]]*\bpath=/page\b[^]]*\] in=\d+ "
-                               rf"out={len(head)} \d+\.\d+s "
+                               rf"out={len(head)} \d+\.\d+s relay=[\w-]+ "
                                rf"close=redirected \(308 https://{HOST}:{self.port}/page\?x=1\)")
         self.assertIn(f" host={HOST}", line)
         # Following it: real TLS with the obfs host as SNI reaches the site.

@@ -1,4 +1,4 @@
-"""Tests for switchyard.proxyheader: PROXY protocol v1/v2 header building.
+"""Tests for switchyard.wire.proxy: PROXY protocol v1/v2 header building.
 
 Three layers of evidence:
 
@@ -21,7 +21,7 @@ from twisted.protocols.haproxy._v1parser import V1Parser
 from twisted.protocols.haproxy._v2parser import V2Parser
 from twisted.trial import unittest
 
-from switchyard.proxyheader import (
+from switchyard.wire.proxy import (
     PP2_TYPE_ALPN,
     PP2_TYPE_AUTHORITY,
     build_header,

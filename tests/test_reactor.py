@@ -57,8 +57,8 @@ class DispatchTests(unittest.TestCase):
     """SwitchyardReactor.doPoll, on an instance of its own (not installed)."""
 
     def test_relayClassesAreDispatchedDirectly(self) -> None:
-        from switchyard.reactor import DIRECT
-        from switchyard.splice import DirectConnect, _Socket
+        from switchyard.relay.reactor import DIRECT
+        from switchyard.relay.splice import DirectConnect, _Socket
 
         self.assertLessEqual({_Socket, DirectConnect}, DIRECT)
 
@@ -71,7 +71,7 @@ class DispatchTests(unittest.TestCase):
         from twisted.internet import main, tcp
         from twisted.python import context, log
 
-        from switchyard.reactor import QUIET, SwitchyardReactor
+        from switchyard.relay.reactor import QUIET, SwitchyardReactor
 
         self.assertLessEqual({tcp.Port, tcp.Server}, QUIET)
         seen: list[tuple[str, object]] = []
@@ -112,7 +112,7 @@ class DispatchTests(unittest.TestCase):
     def test_plainEventsDirectErrorsTheUsualWay(self) -> None:
         import socket
 
-        from switchyard.reactor import DIRECT, SwitchyardReactor
+        from switchyard.relay.reactor import DIRECT, SwitchyardReactor
 
         calls: list[tuple[str, int]] = []
 

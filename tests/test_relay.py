@@ -13,7 +13,7 @@ from twisted.trial import unittest
 
 from switchyard.config import compile_config
 from switchyard.interfaces import Match
-from switchyard.switch import SwitchFactory
+from switchyard.listener import ListenerBooks
 from tests import traffic
 from tests.fakes import CapturedEvents, ScriptedFactory
 from tests.peers import free_port
@@ -23,7 +23,7 @@ def matches_anything(data: bytes) -> Match:
     return Match({})
 
 
-class _Capturing(SwitchFactory):
+class _Capturing(ListenerBooks):
     def buildProtocol(self, addr: Any) -> Any:
         p = super().buildProtocol(addr)
         self.last = p
@@ -210,15 +210,15 @@ class RelayTests(unittest.TestCase):
         client.sendall(b"hello")
         for _ in range(200):
             connection = getattr(self.factory, "last", None)
-            if connection is not None and connection.state == "relaying":
+            if connection is not None and connection.state.value == "relaying":
                 break
             yield _sleep(0.05)
-        relay = connection._splicer
-        self.assertEqual(relay is not None, self.fast_path)
-        if relay is not None:
+        relay = connection.relay
+        self.assertEqual(connection.relay_kind, "splice" if self.fast_path else "twisted")
+        if self.fast_path:
             sockets = [relay.client.sock, relay.peer.sock]
         else:
-            sockets = [connection.transport.getHandle(), connection.peer.getHandle()]
+            sockets = [relay.client.getHandle(), relay.peer.getHandle()]
         for sock in sockets:
             self.assertTrue(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY), sock)
 

@@ -12,15 +12,15 @@ from zope.interface import implementer
 
 from switchyard.config import compile_config
 from switchyard.interfaces import IConnection, OptionError
-from switchyard.matchers.http import RequestHead, parse_request_head
-from switchyard.responders import (
+from switchyard.listener import ListenerBooks
+from switchyard.targets.responders import (
     BUILTIN_RESPONDERS,
     MAX_REQUEST_HEAD,
     RedirectTarget,
     compile_responder,
     http_response,
 )
-from switchyard.switch import SwitchFactory
+from switchyard.wire.http import RequestHead, parse_request_head
 from tests.fakes import CapturedEvents, connect
 
 
@@ -294,7 +294,7 @@ class ThroughTheSwitchTests(unittest.TestCase):
                 {"name": "web", "match": "http", "to": "to_https"}]}},
             "responder": {"to_https": {"kind": "redirect", "status": 308, "port": 8443}},
         }, self.reactor)
-        self.factory = SwitchFactory(config.listeners[0], self.reactor)
+        self.factory = ListenerBooks(config.listeners[0], self.reactor)
 
     def finish(self, proto: Any) -> dict[str, Any]:
         proto.connectionLost(Failure(error.ConnectionDone()))

@@ -28,7 +28,7 @@ from twisted.trial import unittest
 from zope.interface import implementer
 
 from switchyard.deadlines import Deadlines
-from switchyard.splice import (
+from switchyard.relay.splice import (
     PIPE_SIZE,
     SUPPORTED,
     DirectConnect,
@@ -52,11 +52,11 @@ class _Books:
     def __init__(self) -> None:
         self.bytes_in = 0
         self.bytes_out = 0
-        self._last_activity = 0.0
+        self.last_activity = 0.0
         self.reason: str | None = None
         self.detail = ""
 
-    def _set_reason(self, reason: str, detail: str = "") -> None:
+    def relay_ended(self, reason: str, detail: str = "") -> None:
         if self.reason is None:
             self.reason = reason
             self.detail = detail
@@ -228,7 +228,7 @@ def _cpu_seconds() -> float:
 
 def _fd_count() -> int:
     """Open descriptors, not counting the relays' shared pool of spare pipes."""
-    from switchyard import splice
+    from switchyard.relay import splice
 
     return len(os.listdir("/proc/self/fd")) - 2 * len(splice._SPARE_PIPES)
 
@@ -396,7 +396,7 @@ class SpliceRelayTests(unittest.TestCase):
         for front in fronts:
             self.assertEqual((front.books.reason, front.books.detail), ("normal", ""))
             self.assert_clean_end(front)
-            self.assertGreater(front.books._last_activity, 0)
+            self.assertGreater(front.books.last_activity, 0)
         yield self.assert_no_fd_leak(before)
 
     @defer.inlineCallbacks

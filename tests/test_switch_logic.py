@@ -10,8 +10,8 @@ from twisted.trial import unittest
 
 from switchyard.config import Listener, Route
 from switchyard.interfaces import NEED_MORE, NO, Match, MatchResult
+from switchyard.listener import ListenerBooks
 from switchyard.networks import access_rule, parse_networks
-from switchyard.switch import SwitchFactory
 from tests.fakes import CapturedEvents, RecordingTarget, ScriptedMatcher, connect
 from tests.openings import vector
 
@@ -47,7 +47,7 @@ class SniffOrderTests(unittest.TestCase):
         self.log = CapturedEvents(self)
 
     def switch(self, listener: Listener) -> tuple[Any, Any]:
-        return connect(SwitchFactory(listener, self.reactor))
+        return connect(ListenerBooks(listener, self.reactor))
 
     def test_laterMatchWaitsWhileEarlierRouteNeedsMore(self) -> None:
         first, second = RecordingTarget("first"), RecordingTarget("second")
@@ -152,7 +152,7 @@ class TimerTests(unittest.TestCase):
 
     def test_silentClientClosedAtInspectTimeout(self) -> None:
         listener = make_listener([("a", need(1), RecordingTarget())], inspect_timeout=3)
-        proto, transport = connect(SwitchFactory(listener, self.reactor))
+        proto, transport = connect(ListenerBooks(listener, self.reactor))
         self.reactor.advance(2.9)
         self.assertFalse(transport.disconnecting)
         self.reactor.advance(0.2)
@@ -165,7 +165,7 @@ class TimerTests(unittest.TestCase):
         banner_first = RecordingTarget("sshd")
         listener = make_listener([("a", need(1), RecordingTarget())],
                                  on_timeout=banner_first, inspect_timeout=3)
-        proto, transport = connect(SwitchFactory(listener, self.reactor))
+        proto, transport = connect(ListenerBooks(listener, self.reactor))
         self.reactor.advance(3)
         self.assertEqual(len(banner_first.attached), 1)
         self.assertFalse(transport.disconnecting)
@@ -173,7 +173,7 @@ class TimerTests(unittest.TestCase):
 
     def test_decisionCancelsInspectTimer(self) -> None:
         listener = make_listener([("a", need(1), RecordingTarget())], inspect_timeout=3)
-        proto, transport = connect(SwitchFactory(listener, self.reactor))
+        proto, transport = connect(ListenerBooks(listener, self.reactor))
         proto.dataReceived(b"x")
         self.reactor.advance(10)
         self.assertFalse(transport.disconnecting)
@@ -181,7 +181,7 @@ class TimerTests(unittest.TestCase):
     def test_idleRelayClosedAtIdleTimeout(self) -> None:
         target = RecordingTarget()
         listener = make_listener([("a", need(1), target)], idle_timeout=30)
-        proto, transport = connect(SwitchFactory(listener, self.reactor))
+        proto, transport = connect(ListenerBooks(listener, self.reactor))
         proto.dataReceived(b"x")
         self.reactor.advance(20)
         proto.dataReceived(b"y")  # activity pushes the deadline
@@ -216,7 +216,7 @@ class InboundProxyTests(unittest.TestCase):
 
     def switch(self, trusted: str) -> tuple[Any, Any]:
         listener = make_listener([("any", anything, self.target)], accept_proxy=[trusted])
-        return connect(SwitchFactory(listener, self.reactor))
+        return connect(ListenerBooks(listener, self.reactor))
 
     def test_trustedFrontsHeaderBecomesTheClient(self) -> None:
         proto, _ = self.switch("192.0.2.0/24")
@@ -280,7 +280,7 @@ class AccessRuleTests(unittest.TestCase):
         import attr
 
         listener = attr.evolve(listener, routes=(attr.evolve(route, admits=rule),))
-        proto, transport = connect(SwitchFactory(listener, self.reactor))
+        proto, transport = connect(ListenerBooks(listener, self.reactor))
         return proto, transport, target
 
     def test_allowedNetworkReachesTarget(self) -> None:

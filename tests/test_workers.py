@@ -21,7 +21,7 @@ from twisted.internet.task import Clock
 from twisted.logger import LogPublisher, globalLogPublisher
 from twisted.trial import unittest
 
-from switchyard import workers
+from switchyard.app import supervisor, worker
 from switchyard.config import ConfigError, compile_config
 from tests import traffic
 from tests.daemon import TWISTD, env, run_twistd, write_config
@@ -383,11 +383,10 @@ class WorkersSettingTests(unittest.TestCase):
         return compile_config(tomllib.loads(line + "\n" + self.TEXT), reactor)
 
     def test_defaultIsOne(self) -> None:
-        self.assertEqual(workers.worker_count(tomllib.loads(self.TEXT)), 1)
+        self.assertEqual(self.compile("").workers, 1)
 
     def test_topLevelKey(self) -> None:
-        self.compile("workers = 4")
-        self.assertEqual(workers.worker_count(tomllib.loads("workers = 4\n" + self.TEXT)), 4)
+        self.assertEqual(self.compile("workers = 4").workers, 4)
 
     def test_badValues(self) -> None:
         for line, problem in [("workers = 0", "must be between 1 and 256, got 0"),
@@ -412,25 +411,26 @@ class RelayEventTests(unittest.TestCase):
                 lines.append(text)
 
         publisher = LogPublisher()
-        publisher.addObserver(lambda event: workers._write_event(Out(), event))
+        publisher.addObserver(lambda event: worker._write_event(Out(), event))
         emit(Logger(namespace="switchyard.access", observer=publisher))
         seen: list[dict[str, Any]] = []
         globalLogPublisher.addObserver(seen.append)
         self.addCleanup(globalLogPublisher.removeObserver, seen.append)
         [line] = lines
-        workers.relay_event(2, line.encode())
+        supervisor.relay_event(2, line.encode())
         [event] = seen
         return event
 
     def test_accessEventKeepsItsFieldsAndGainsTheWorker(self) -> None:
         from twisted.logger import formatEvent
 
-        from switchyard.accesslog import ACCESS_FORMAT
+        from switchyard.observe.accesslog import ACCESS_FORMAT
 
         event = self.relay(lambda log: log.info(
             ACCESS_FORMAT, switchyard_access=True, client="127.0.0.1:5000", listener="main",
             route="web", server="127.0.0.1:80", facts={"host": "a"}, facts_text="host=a",
-            bytes_in=10, bytes_out=20, duration=0.0123456, reason="normal", detail="",
+            bytes_in=10, bytes_out=20, duration=0.0123456, relay="splice", reason="normal",
+            detail="",
             detail_text=""))
         self.assertEqual(event["worker"], 2)
         self.assertTrue(event["switchyard_access"])
@@ -438,7 +438,7 @@ class RelayEventTests(unittest.TestCase):
         self.assertEqual(event["log_namespace"], "switchyard.access")
         self.assertEqual(formatEvent(event), "[worker 2] 127.0.0.1:5000 main/web -> "
                                              "127.0.0.1:80 facts[host=a] in=10 out=20 "
-                                             "0.012s close=normal")
+                                             "0.012s relay=splice close=normal")
 
     def test_unserialisableFieldKeepsTheText(self) -> None:
         from twisted.logger import formatEvent
@@ -480,9 +480,9 @@ class SupervisorTests(unittest.TestCase):
     def setUp(self) -> None:
         self.patch(signal, "signal", lambda *args: None)  # leave trial's handlers alone
         self.reactor = _FakeReactor()
-        config = SimpleNamespace(path="/etc/sy.toml", listeners=[
+        config = SimpleNamespace(path="/etc/sy.toml", source=b"text", listeners=[
             SimpleNamespace(name="main", listen="127.0.0.1:1", grace_period=5.0)])
-        self.supervisor = workers.WorkerSupervisor(config, b"text", 2, self.reactor)
+        self.supervisor = supervisor.WorkerSupervisor(config, 2, self.reactor)
         port = SimpleNamespace(fileno=lambda: 17, stopListening=lambda: None)
         self.supervisor.ports = {"main": port}
         self.events: list[dict[str, Any]] = []
@@ -521,7 +521,7 @@ class SupervisorTests(unittest.TestCase):
         self.assertEqual(len(self.reactor.spawned), 2 + 9)
         self.assertIn("worker 1 restarted (pid 1010)", self.texts())
         # A worker that ran long enough starts the count again.
-        self.reactor.advance(workers.STABLE_AFTER)
+        self.reactor.advance(supervisor.STABLE_AFTER)
         self.die(1)
         [call] = self.reactor.getDelayedCalls()
         self.assertEqual(call.getTime() - self.reactor.seconds(), 0.5)
@@ -531,7 +531,7 @@ class SupervisorTests(unittest.TestCase):
         self.die(2)  # a restart pending when the stop comes is cancelled
         stopped = self.supervisor.stopService()
         self.assertEqual(self.reactor.getDelayedCalls()[0].getTime(),
-                         5.0 + workers.STOP_SLACK)
+                         5.0 + supervisor.STOP_SLACK)
         first = self.supervisor.workers[1]
         self.assertEqual(first.transport.signals, ["TERM"])
         self.assertNoResult(stopped)
@@ -543,7 +543,7 @@ class SupervisorTests(unittest.TestCase):
 
     def test_stuckWorkerIsKilled(self) -> None:
         stopped = self.supervisor.stopService()
-        self.reactor.advance(5.0 + workers.STOP_SLACK)
+        self.reactor.advance(5.0 + supervisor.STOP_SLACK)
         self.assertEqual(self.supervisor.workers[1].transport.signals, ["TERM", "KILL"])
         self.die(1)
         self.die(2)
@@ -551,12 +551,12 @@ class SupervisorTests(unittest.TestCase):
 
     def test_hangupWaitsUntilAWorkerIsReady(self) -> None:
         first, second = (w for w, _, _ in self.reactor.spawned)
-        first.childDataReceived(workers.LOG_FD, b'{"switchyard_worker_ready": true, '
+        first.childDataReceived(supervisor.LOG_FD, b'{"switchyard_worker_ready": true, '
                                                 b'"worker_text": "ready"}\n')
         self.supervisor.hangup()
         self.assertEqual(first.transport.signals, ["HUP"])
         self.assertEqual(second.transport.signals, [])
-        second.childDataReceived(workers.LOG_FD, b'{"switchyard_worker_ready": true}\n')
+        second.childDataReceived(supervisor.LOG_FD, b'{"switchyard_worker_ready": true}\n')
         self.assertEqual(second.transport.signals, ["HUP"])
 
     def test_workerOutputReachesTheLog(self) -> None:
@@ -564,7 +564,7 @@ class SupervisorTests(unittest.TestCase):
         worker.childDataReceived(2, b"Traceback (most recent call last):\n  File")
         worker.childDataReceived(1, b"printed\n")
         worker.childConnectionLost(2)
-        worker.childDataReceived(workers.LOG_FD, b"not json\n")
+        worker.childDataReceived(supervisor.LOG_FD, b"not json\n")
         texts = self.texts()
         for line in ["[worker 1] stderr: Traceback (most recent call last):",
                      "[worker 1] stderr:   File", "[worker 1] stdout: printed",
@@ -582,7 +582,7 @@ class LogBatchingTests(unittest.TestCase):
         self.flushed: list[str] = []
         self.patch(self.out, "flush", lambda: self.flushed.append(self.out.getvalue()))
         self.clock = Clock()
-        self.observer = workers._JSONLines(self.out)
+        self.observer = worker._JSONLines(self.out)
         self.observer.batch(self.clock)
 
     def event(self, level: Any, **fields: Any) -> dict[str, Any]:
@@ -595,7 +595,7 @@ class LogBatchingTests(unittest.TestCase):
         self.observer(self.event(LogLevel.info))
         self.observer(self.event(LogLevel.info))
         self.assertEqual(self.flushed, [])
-        self.clock.advance(workers.LOG_BATCH_DELAY)
+        self.clock.advance(worker.LOG_BATCH_DELAY)
         self.assertEqual(len(self.flushed), 1)
         self.assertEqual(self.flushed[0].count("\n"), 2)
         self.assertEqual(self.clock.getDelayedCalls(), [])

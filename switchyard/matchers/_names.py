@@ -9,6 +9,7 @@ from switchyard.interfaces import MatcherConfigError
 
 # The option helpers live in switchyard.options; matchers import them from here.
 from switchyard.options import Options, require_texts
+from switchyard.wire.text import printable
 
 __all__ = ["NamePredicate", "Options", "compile_name_patterns", "normalize_name",
            "printable", "require_texts"]
@@ -18,16 +19,6 @@ NamePredicate = Callable[[str], bool]
 # Characters an exact pattern may hold once converted to A-labels: the
 # reg-name set of RFC 3986 minus percent-encoding, plus ':' for IPv6 literals.
 _EXACT_NAME = re.compile(r"[a-z0-9._~!$&'()*+,;=:-]+")
-
-
-# Facts go to logs: keep Latin-1 text readable, escape what a terminal or a
-# log parser would act on (C0/C1 controls, DEL, invisible spaces).
-_ESCAPES = {i: f"\\x{i:02x}" for i in range(256) if not chr(i).isprintable()}
-
-
-def printable(raw: bytes) -> str:
-    """Bytes as fact text: Latin-1, non-printable characters as C{\\xNN}."""
-    return raw.decode("latin-1").translate(_ESCAPES)
 
 
 def normalize_name(name: str) -> str:

@@ -27,9 +27,9 @@ from zope.interface import implementer
 
 from switchyard.interfaces import NO, IMatcher, IMatcherFactory, Match, MatchResult
 from switchyard.matchers._names import NamePredicate, Options
-from switchyard.matchers.http import RequestHead
-from switchyard.matchers.tls import ClientHello, parse_client_hello
-from switchyard.matchers.websocket import has_body, match_host, upgrade_request
+from switchyard.matchers.websocket import match_host, upgrade_request
+from switchyard.wire.http import RequestHead, has_body
+from switchyard.wire.tls import ClientHello, parse_client_hello
 
 EXT_SESSION_TICKET = 0x0023
 # The template's fixed part, which puts the first extension at byte 138

@@ -29,33 +29,9 @@ from switchyard.interfaces import (
     Verdict,
 )
 from switchyard.matchers._names import NamePredicate, Options
-from switchyard.matchers.http import RequestHead, parse_request_head
+from switchyard.wire.http import RequestHead, has_body, header_tokens, parse_request_head
 
 PathPredicate = Callable[[str], bool]
-
-
-def header_tokens(head: RequestHead, name: str) -> frozenset[str]:
-    """
-    The comma-separated tokens of every C{name} field, lowercased: RFC 9110
-    section 5.3 lets a list be split over several fields, and C{Upgrade} and
-    C{Connection} compare case-insensitively.
-    """
-    return frozenset(
-        token.strip(" \t").lower()
-        for value in head.header_values(name)
-        for token in value.split(",")
-    ) - {""}
-
-
-def has_body(head: RequestHead) -> bool:
-    """
-    Whether the request announces a body: a C{Transfer-Encoding}, or a
-    C{Content-Length} other than C{0} (a malformed one counts as a body: no
-    genuine WebSocket client sends any).
-    """
-    if head.header_values("transfer-encoding"):
-        return True
-    return any(value != "0" for value in head.header_values("content-length"))
 
 
 def upgrade_request(

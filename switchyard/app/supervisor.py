@@ -1,46 +1,23 @@
-"""Several worker processes on one port: a supervising parent and its workers."""
+"""The parent of ``workers = N``: it binds every listener once, runs N worker
+processes on the shared sockets, forwards signals, restarts crashed workers,
+and publishes their log events."""
 
 from __future__ import annotations
 
-import argparse
 import os
 import signal
-import socket
 import sys
 import time
-from collections.abc import Mapping, Sequence
-from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from twisted.application import service
 from twisted.internet import defer, error, protocol
-from twisted.internet.interfaces import (
-    IListeningPort,
-    IProtocolFactory,
-    IReadDescriptor,
-    IStreamServerEndpoint,
-)
-from twisted.logger import (
-    ILogObserver,
-    Logger,
-    LogLevel,
-    eventAsJSON,
-    eventFromJSON,
-    formatEvent,
-    globalLogBeginner,
-    globalLogPublisher,
-)
+from twisted.logger import Logger, LogLevel, eventFromJSON, globalLogPublisher
 from twisted.python.failure import Failure
-from zope.interface import implementer
 
-if TYPE_CHECKING:
-    from switchyard.config import Config
-
-MAX_WORKERS = 256
-
-# The worker's end of its pipes: its structured log, then one fd per listener.
-LOG_FD = 3
-FIRST_LISTENER_FD = 4
+from switchyard.app.worker import FIRST_LISTENER_FD, LOG_FD
+from switchyard.config import Config, ConfigError
+from switchyard.relay import internals
 
 # Restart back-off: the first restart of a worker slot waits RESTART_DELAY,
 # each further one twice as long up to MAX_RESTART_DELAY; a worker that ran
@@ -48,27 +25,11 @@ FIRST_LISTENER_FD = 4
 RESTART_DELAY = 0.5
 MAX_RESTART_DELAY = 30.0
 STABLE_AFTER = 10.0
-# A worker's info and debug log lines reach the parent at most this late.
-LOG_BATCH_DELAY = 0.1
 # On stop, workers get the longest grace period plus this before SIGKILL.
 STOP_SLACK = 10.0
 
 log = Logger(namespace="switchyard.workers")
 _LEVELS = frozenset(LogLevel.iterconstants())
-_BATCHED = frozenset({LogLevel.debug, LogLevel.info})
-
-
-def worker_count(raw: Mapping[str, Any]) -> int:
-    """The top-level ``workers`` setting of a parsed (and compiled) config."""
-    from switchyard.config import ConfigError
-    from switchyard.interfaces import OptionError
-    from switchyard.options import Options
-
-    try:
-        return Options({"workers": raw.get("workers", 1)}, ("workers",)).integer(
-            "workers", 1, minimum=1, maximum=MAX_WORKERS)
-    except OptionError as e:
-        raise ConfigError(e.key, e.problem)
 
 
 def shareable(config: Config) -> None:
@@ -84,8 +45,6 @@ def shareable(config: Config) -> None:
         UNIXServerEndpoint,
     )
 
-    from switchyard.config import ConfigError
-
     kinds = (TCP4ServerEndpoint, TCP6ServerEndpoint, UNIXServerEndpoint,
              AdoptedStreamServerEndpoint)
     for listener in config.listeners:
@@ -94,9 +53,6 @@ def shareable(config: Config) -> None:
                               f"{listener.listen!r} cannot be shared by workers "
                               "(workers > 1 takes tcp, tcp6, unix and systemd listeners; "
                               "terminate TLS with a [tls.NAME] target instead)")
-
-
-# -- the parent ---------------------------------------------------------------
 
 
 class _SharedWithWorkers(protocol.Factory):
@@ -116,9 +72,9 @@ class WorkerSupervisor(service.Service):
     sends SIGTERM to every worker and waits for all of them to exit.
     """
 
-    def __init__(self, config: Config, config_text: bytes, count: int, reactor: Any) -> None:
+    def __init__(self, config: Config, count: int, reactor: Any) -> None:
         self.config = config
-        self.config_text = config_text
+        self.config_text = config.source
         self.count = count
         self.reactor = reactor
         self.ports: dict[str, Any] = {}
@@ -149,7 +105,7 @@ class WorkerSupervisor(service.Service):
             port.stopReading()
             # Closing it must only drop this process's reference: Twisted's
             # shutdown() before close() would stop the workers' copies too.
-            port._shouldShutdown = False
+            internals.close_without_shutdown(port)
             self.ports[listener.name] = port
 
     def startService(self) -> None:
@@ -160,7 +116,7 @@ class WorkerSupervisor(service.Service):
 
     def command(self, worker_id: int) -> tuple[list[str], dict[int, Any]]:
         """The worker's argv and its childFDs."""
-        argv = [sys.executable, "-P", "-m", "switchyard.workers",
+        argv = [sys.executable, "-P", "-m", "switchyard.app.worker",
                 "--config", os.path.abspath(self.config.path),
                 "--worker-id", str(worker_id), "--log-fd", str(LOG_FD)]
         child_fds: dict[int, Any] = {0: "w", 1: "r", 2: "r", LOG_FD: "r"}
@@ -380,226 +336,3 @@ def relay_event(worker_id: int, line: bytes) -> dict[str, Any] | None:
     return event
 
 
-# -- a worker -----------------------------------------------------------------
-
-
-@implementer(IStreamServerEndpoint)
-class InheritedEndpoint:
-    """A listening socket the parent opened, inherited as file descriptor ``fd``."""
-
-    def __init__(self, reactor: Any, fd: int) -> None:
-        self.reactor = reactor
-        self.fd = fd
-
-    def listen(self, factory: IProtocolFactory) -> defer.Deferred[IListeningPort]:
-        from twisted.internet.endpoints import AdoptedStreamServerEndpoint
-
-        probe = socket.socket(fileno=os.dup(self.fd))
-        family = probe.family
-        probe.close()
-        # The endpoint closes our copy of the fd once adopted, so stopping
-        # this worker's port really stops it accepting.
-        listening = AdoptedStreamServerEndpoint(self.reactor, self.fd, family).listen(factory)
-        if family == socket.AF_UNIX:
-            listening.addCallback(_leave_socket_file)
-        return listening
-
-
-def _leave_socket_file(port: Any) -> Any:
-    """A worker's unix port stops without touching what the others still serve.
-
-    Twisted's unix port would unlink the socket file (the parent removes it
-    at the end instead) and, unlike its TCP port, shutdown() an adopted
-    socket, which stops every process's copy.
-    """
-    from twisted.internet import tcp
-
-    port.connectionLost = partial(tcp.Port.connectionLost, port)
-    port._shouldShutdown = False
-    return port
-
-
-@implementer(IReadDescriptor)
-class _ParentWatch:
-    """End of file on stdin: the parent died without stopping us, so stop."""
-
-    def __init__(self, reactor: Any) -> None:
-        self.reactor = reactor
-        self.stopping = False
-        reactor.addSystemEventTrigger("before", "shutdown", self._stopping)
-
-    def _stopping(self) -> None:
-        self.stopping = True
-
-    def fileno(self) -> int:
-        return 0
-
-    def logPrefix(self) -> str:
-        return "parent"
-
-    def doRead(self) -> Any:
-        try:
-            if os.read(0, 4096):
-                return None
-        except BlockingIOError:
-            return None
-        except OSError:
-            pass
-        return error.ConnectionDone()
-
-    def connectionLost(self, reason: Failure) -> None:
-        # (epoll reports the closed pipe as a hang-up, without a read.) The
-        # reactor also disconnects every reader when it shuts down: that is
-        # not the parent leaving.
-        if self.stopping:
-            return
-        log.warn("the parent process is gone: stopping")
-        self.reactor.stop()
-
-
-@implementer(ILogObserver)
-class _JSONLines:
-    """The worker's log observer: one JSON event a line, to the parent.
-
-    While the reactor runs, lines are written in batches at most
-    LOG_BATCH_DELAY late: one write (and one read in the parent) carries
-    many access-log lines, where a write per line made the logs cost more
-    than the connections. Warnings, errors and the ready event go at once.
-    """
-
-    def __init__(self, out: Any) -> None:
-        self.out = out  # a buffered text file
-        self.reactor: Any = None
-        self._pending: Any = None
-
-    def batch(self, reactor: Any) -> None:
-        self.reactor = reactor
-
-    def stop_batching(self) -> None:
-        self.reactor = None
-        self.flush()
-
-    def __call__(self, event: dict[str, Any]) -> None:
-        _write_event(self.out, event)
-        if (self.reactor is None or event.get("log_level") not in _BATCHED
-                or event.get("switchyard_worker_ready")):
-            self.flush()
-        elif self._pending is None:
-            self._pending = self.reactor.callLater(LOG_BATCH_DELAY, self.flush)
-
-    def flush(self) -> None:
-        if self._pending is not None:
-            if self._pending.active():
-                self._pending.cancel()
-            self._pending = None
-        try:
-            self.out.flush()
-        except (OSError, ValueError):
-            pass  # the parent is gone; _ParentWatch stops this worker
-
-
-def _write_event(out: Any, event: dict[str, Any]) -> None:
-    # The text is formatted here, where the values are live: Twisted's own
-    # flattening for JSON drops format specs ({duration:.3f}). The fields
-    # travel as they are, for the parent's structured observers.
-    shipped = {k: v for k, v in event.items() if k not in ("log_format", "log_flattened")}
-    shipped["worker_text"] = formatEvent(event)
-    try:
-        line = eventAsJSON(shipped)
-    except Exception:
-        # A field that cannot be serialised: keep the text and the basics.
-        line = eventAsJSON({k: v for k, v in shipped.items()
-                            if k.startswith("log_") and k != "log_failure"}
-                           | {"worker_text": shipped["worker_text"]})
-    try:
-        out.write(line + "\n")
-    except (OSError, ValueError):
-        pass  # the parent is gone (see _JSONLines.flush)
-
-
-def _read_config(fd: int) -> bytes:
-    """The config text the parent writes first on stdin: ``LENGTH\\n`` then the bytes."""
-    header = b""
-    while not header.endswith(b"\n"):
-        chunk = os.read(fd, 1)
-        if not chunk:
-            raise RuntimeError("stdin closed before the config arrived")
-        header += chunk
-    size = int(header)
-    data = b""
-    while len(data) < size:
-        chunk = os.read(fd, size - len(data))
-        if not chunk:
-            raise RuntimeError(f"stdin closed after {len(data)} of {size} config bytes")
-        data += chunk
-    return data
-
-
-def _arguments(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m switchyard.workers",
-        description="One switchyard worker; started by `twistd switchyard` with workers > 1, "
-                    "which writes the config text on its stdin.")
-    parser.add_argument("--config", required=True,
-                        help="the config's path (for relative paths and logs)")
-    parser.add_argument("--worker-id", type=int, required=True)
-    parser.add_argument("--log-fd", type=int, required=True,
-                        help="where to write log events, as JSON lines")
-    parser.add_argument("--fd", action="append", default=[], metavar="LISTENER=FD",
-                        help="a listening socket to adopt for the named listener")
-    args = parser.parse_args(argv)
-    fds: dict[str, int] = {}
-    for item in args.fd:
-        name, _, fd = item.rpartition("=")
-        fds[name] = int(fd)
-    args.fds = fds
-    return args
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run one worker until SIGTERM/SIGINT (or the parent's death); 0 after a graceful stop."""
-    import tomllib
-
-    args = _arguments(argv)
-    out = os.fdopen(args.log_fd, "w", encoding="utf-8", buffering=1 << 16)
-    observer = _JSONLines(out)
-    globalLogBeginner.beginLoggingTo([observer])
-    try:
-        from switchyard.config import compile_config
-        from switchyard.reactor import install
-
-        reactor = install()
-        from switchyard.tap import switch_service
-
-        text = _read_config(0)
-        config = compile_config(tomllib.loads(text.decode("utf-8")), reactor,
-                                path=args.config)
-        endpoints = {name: InheritedEndpoint(reactor, fd) for name, fd in args.fds.items()}
-        top = switch_service(config, reactor, endpoints=endpoints, worker=True)
-        top.privilegedStartService()
-        top.startService()
-    except BaseException:
-        log.failure("could not start")
-        return 3
-    reactor.addSystemEventTrigger("before", "shutdown", top.stopService)
-    os.set_blocking(0, False)
-    reactor.addReader(_ParentWatch(reactor))
-    log.info("ready (pid {pid}): serving {listeners}", pid=os.getpid(),
-             listeners=", ".join(args.fds), switchyard_worker_ready=True)
-    reactor.callWhenRunning(observer.batch, reactor)
-    reactor.addSystemEventTrigger("after", "shutdown", observer.stop_batching)
-    reactor.run()
-    observer.stop_batching()
-    # The reactor restores the default handlers when it stops: a late signal
-    # (Ctrl-C reaches workers and their parent) must not turn a clean exit
-    # into a death by signal.
-    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        signal.signal(signum, signal.SIG_IGN)
-    return 0
-
-
-if __name__ == "__main__":
-    # Through the package, so the classes here are switchyard.workers', not __main__'s.
-    from switchyard.workers import main as _main
-
-    sys.exit(_main())

@@ -12,7 +12,7 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import LoopingCall
 from twisted.python.failure import Failure
 
-from switchyard.backends.pool import Pool, Server
+from switchyard.targets.backends.pool import Pool, Server
 
 MAX_CHECK_REPLY = 16 * 1024  # an answer that has not matched by then never will
 _CONNECTION_DONE = Failure(error.ConnectionDone())

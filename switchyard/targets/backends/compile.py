@@ -11,11 +11,6 @@ from typing import Any
 import attr
 from twisted.logger import Logger
 
-from switchyard.backends.balancing import BALANCERS
-from switchyard.backends.discovery import FAMILIES, Discovered, Discovery, Found, make_resolver
-from switchyard.backends.health import CheckSpec, HealthChecker
-from switchyard.backends.pool import Pool, Server
-from switchyard.backends.target import BackendTarget
 from switchyard.endpoints import (
     client_endpoint,
     ip_socket_address,
@@ -24,6 +19,17 @@ from switchyard.endpoints import (
 )
 from switchyard.interfaces import OptionError
 from switchyard.options import Options, describe_value
+from switchyard.targets.backends.balancing import BALANCERS
+from switchyard.targets.backends.discovery import (
+    FAMILIES,
+    Discovered,
+    Discovery,
+    Found,
+    make_resolver,
+)
+from switchyard.targets.backends.health import CheckSpec, HealthChecker
+from switchyard.targets.backends.pool import Pool, Server
+from switchyard.targets.backends.target import BackendTarget
 
 log = Logger(namespace="switchyard.backend")
 

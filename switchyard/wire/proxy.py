@@ -1,4 +1,4 @@
-"""Build PROXY protocol headers (version 1 and 2) for backend connections.
+"""PROXY protocol headers, version 1 and 2: built for backends, read from trusted fronts.
 
 When switchyard hands a connection to a backend that expects the PROXY
 protocol (haproxy ``accept-proxy``, nginx ``proxy_protocol``, ...), it first
@@ -12,17 +12,20 @@ instead of switchyard's.  The wire formats follow haproxy's
   a family/transport byte, a big-endian length, the address block, then
   optional type-length-value records (TLVs) such as ALPN and AUTHORITY.
 
-Only building lives here; parsing incoming headers is Twisted's job
-(``twisted.protocols.haproxy``).
+Reading lives here too (L{read_header}), for listeners behind a trusted
+front: every field is checked against the spec's limits, and anything else
+is a L{BadProxyHeader} naming the field.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import re
 import struct
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Union
 
+from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 from twisted.internet.interfaces import IAddress
 
 __all__ = [
@@ -32,6 +35,8 @@ __all__ = [
     "build_header",
     "build_v1",
     "build_v2",
+    "BadProxyHeader",
+    "read_header",
 ]
 
 PP2_TYPE_ALPN = 0x01
@@ -288,69 +293,137 @@ def _encode_ssl(facts: Mapping[str, Any]) -> bytes:
 
 _V1_PREFIX = b"PROXY "
 _V1_MAX = 107  # the longest v1 line the spec allows, CRLF included
+_V1_PORT = re.compile(rb"0|[1-9][0-9]{0,4}")
+_V1_IPV4 = re.compile(rb"[0-9]{1,3}(?:\.[0-9]{1,3}){3}")
+_V1_IPV6 = re.compile(rb"[0-9A-Fa-f:.]{2,45}")
+_V2_HEADER = 16
+# family nibble -> (address block length, address class); UNSPEC carries none
+_V2_BLOCKS = {0x1: 12, 0x2: 36, 0x3: 216}
+_V2_KINDS = {0x1: "TCP", 0x2: "UDP"}
 
 
 class BadProxyHeader(ValueError):
-    """The bytes from a trusted front are not a PROXY v1/v2 header."""
-
-
-def _normal(address: IAddress | None) -> IAddress | None:
-    """Compress IPv6 text and unmap ``::ffff:a.b.c.d``, like the accept side does."""
-    from twisted.internet.address import IPv4Address, IPv6Address
-
-    host = getattr(address, "host", None)
-    if host is None:
-        return address
-    ip = ipaddress.ip_address(host)
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    kind = "TCP" if getattr(address, "type", "TCP") == "TCP" else "UDP"
-    if ip.version == 4:
-        return IPv4Address(kind, str(ip), address.port)  # type: ignore[union-attr,arg-type]
-    return IPv6Address(kind, str(ip), address.port)  # type: ignore[union-attr,arg-type]
+    """The bytes from a trusted front are not a PROXY v1/v2 header; the
+    message says which field is wrong."""
 
 
 def read_header(data: bytes) -> tuple[IAddress | None, IAddress | None, int] | None:
     """
-    Read a PROXY v1 or v2 header at the start of ``data``.
+    Read a PROXY v1 or v2 header at the start of ``data``, checking every
+    field against the limits of haproxy's proxy-protocol.txt.
 
     @return: None while ``data`` is a valid prefix of a header (need more),
         else C{(source, destination, length)}: the addresses it carries
-        (None, None for v1 UNKNOWN and v2 LOCAL: "use the real ones") and
-        how many bytes of ``data`` the header took.
-    @raise BadProxyHeader: ``data`` cannot start a header.
+        (None, None for v1 UNKNOWN, v2 LOCAL and v2 UNSPEC: "use the real
+        ones") and how many bytes of ``data`` the header took.
+    @raise BadProxyHeader: ``data`` cannot start a valid header. Nothing
+        else is raised, whatever the input.
     """
-    from twisted.protocols.haproxy._exceptions import (
-        InvalidNetworkProtocol,
-        InvalidProxyHeader,
-        MissingAddressData,
-    )
-    from twisted.protocols.haproxy._v1parser import V1Parser
-    from twisted.protocols.haproxy._v2parser import V2Parser
-
     head = data[:len(V2_SIGNATURE)]
+    if head and V2_SIGNATURE.startswith(head):
+        return _read_v2(data)
+    if _V1_PREFIX.startswith(data[:len(_V1_PREFIX)]):
+        return _read_v1(data)
+    raise BadProxyHeader("no PROXY v1 or v2 header from a trusted front")
+
+
+def _read_v1(data: bytes) -> tuple[IAddress | None, IAddress | None, int] | None:
+    end = data.find(b"\r\n", 0, _V1_MAX)
+    if end < 0:
+        if len(data) >= _V1_MAX:
+            raise BadProxyHeader("PROXY v1 line longer than 107 bytes")
+        if b"\n" in data or b"\r" in data[:-1]:
+            raise BadProxyHeader("PROXY v1 line not ended by CRLF")
+        return None
+    length = end + 2
+    fields = data[:end].split(b" ")
+    if fields[1:2] == [b"UNKNOWN"]:
+        return None, None, length  # the rest of the line is to be ignored
+    if len(fields) != 6 or fields[1] not in (b"TCP4", b"TCP6"):
+        raise BadProxyHeader("PROXY v1 line is not 'PROXY TCP4|TCP6 src dst sport dport'")
+    version = 4 if fields[1] == b"TCP4" else 6
+    source = _v1_address("source address", fields[2], version)
+    destination = _v1_address("destination address", fields[3], version)
+    source_port = _v1_port("source port", fields[4])
+    destination_port = _v1_port("destination port", fields[5])
+    return (_address(source, source_port, "TCP"),
+            _address(destination, destination_port, "TCP"), length)
+
+
+def _v1_address(what: str, raw: bytes, version: int) -> _IP:
+    shape = _V1_IPV4 if version == 4 else _V1_IPV6
+    if not shape.fullmatch(raw):
+        raise BadProxyHeader(f"PROXY v1 {what} is not an IPv{version} address")
     try:
-        if V2_SIGNATURE.startswith(head):
-            if len(data) < 16:
-                return None
-            length = 16 + struct.unpack("!H", data[14:16])[0]
-            if len(data) < length:
-                return None
-            info = V2Parser.parse(data[:length])
-        elif _V1_PREFIX.startswith(data[:len(_V1_PREFIX)]):
-            end = data.find(b"\r\n", 0, _V1_MAX)
-            if end < 0:
-                if len(data) >= _V1_MAX:
-                    raise BadProxyHeader("PROXY v1 line longer than 107 bytes")
-                return None
-            length = end + 2
-            if data.startswith(b"PROXY UNKNOWN"):
-                return None, None, length  # Twisted's parser wants more after UNKNOWN
-            info = V1Parser.parse(data[:length])
-        else:
-            raise BadProxyHeader("no PROXY v1 or v2 header from a trusted front")
-    except (InvalidProxyHeader, InvalidNetworkProtocol, MissingAddressData, ValueError) as e:
-        if isinstance(e, BadProxyHeader):
-            raise
-        raise BadProxyHeader(f"malformed PROXY header: {e.__class__.__name__}")
-    return _normal(info.source), _normal(info.destination), length
+        ip = ipaddress.ip_address(raw.decode("ascii"))
+    except ValueError:
+        raise BadProxyHeader(f"PROXY v1 {what} is not an IPv{version} address")
+    if ip.version != version:
+        raise BadProxyHeader(f"PROXY v1 {what} is not an IPv{version} address")
+    return ip
+
+
+def _v1_port(what: str, raw: bytes) -> int:
+    if not _V1_PORT.fullmatch(raw) or int(raw) > _MAX_U16:
+        raise BadProxyHeader(f"PROXY v1 {what} is not a port from 0 to 65535")
+    return int(raw)
+
+
+def _read_v2(data: bytes) -> tuple[IAddress | None, IAddress | None, int] | None:
+    if len(data) < _V2_HEADER:
+        return None
+    if data[:len(V2_SIGNATURE)] != V2_SIGNATURE:
+        raise BadProxyHeader("PROXY v2 signature is wrong")
+    version_command, family_transport = data[12], data[13]
+    if version_command >> 4 != 2:
+        raise BadProxyHeader(f"PROXY v2 version {version_command >> 4} is not 2")
+    command = version_command & 0xF
+    if command > 1:
+        raise BadProxyHeader(f"PROXY v2 command {command:#x} is neither LOCAL nor PROXY")
+    family, transport = family_transport >> 4, family_transport & 0xF
+    if family > 3 or transport > 2:
+        raise BadProxyHeader(f"PROXY v2 family/transport {family_transport:#04x} is unknown")
+    length = _V2_HEADER + struct.unpack_from("!H", data, 14)[0]
+    if len(data) < length:
+        return None
+    block = _V2_BLOCKS.get(family, 0)
+    if length - _V2_HEADER < block:
+        raise BadProxyHeader(f"PROXY v2 length {length - _V2_HEADER} is too short "
+                             f"for its {block}-byte address block")
+    _check_tlvs(data, _V2_HEADER + block, length)
+    if command == 0 or family == 0 or transport == 0:
+        return None, None, length  # LOCAL, or addresses not told: use the real ones
+    body = data[_V2_HEADER:_V2_HEADER + block]
+    kind = _V2_KINDS[transport]
+    if family == 3:
+        return _unix(body[:108]), _unix(body[108:]), length
+    size = 4 if family == 1 else 16
+    source = ipaddress.ip_address(body[:size])
+    destination = ipaddress.ip_address(body[size:2 * size])
+    source_port, destination_port = struct.unpack_from("!HH", body, 2 * size)
+    return (_address(source, source_port, kind),
+            _address(destination, destination_port, kind), length)
+
+
+def _check_tlvs(data: bytes, start: int, end: int) -> None:
+    """The TLVs after the address block must exactly fill the header."""
+    pos = start
+    while pos < end:
+        if end - pos < 3:
+            raise BadProxyHeader("PROXY v2 TLV truncated")
+        pos += 3 + struct.unpack_from("!H", data, pos + 1)[0]
+    if pos != end:
+        raise BadProxyHeader("PROXY v2 TLV longer than the header")
+
+
+def _address(ip: _IP, port: int, kind: str) -> IAddress:
+    """Twisted's address for ``ip``, IPv4-mapped IPv6 unmapped as the accept side does."""
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    if ip.version == 4:
+        return IPv4Address(kind, str(ip), port)  # type: ignore[arg-type]
+    return IPv6Address(kind, str(ip), port)  # type: ignore[arg-type]
+
+
+def _unix(raw: bytes) -> IAddress:
+    return UNIXAddress(raw.split(b"\0", 1)[0] or None)

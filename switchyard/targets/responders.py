@@ -13,9 +13,16 @@ from twisted.internet import error
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from switchyard.interfaces import NEED_MORE, IConnection, ITarget, OptionError
-from switchyard.matchers.http import RequestHead, parse_request_head, split_authority
+from switchyard.interfaces import (
+    NEED_MORE,
+    ICompileContext,
+    IConnection,
+    ITarget,
+    ITargetKind,
+    OptionError,
+)
 from switchyard.options import Options
+from switchyard.wire.http import RequestHead, parse_request_head, split_authority
 
 REDIRECT_STATUSES = (301, 302, 303, 307, 308)
 # The request head the redirect waits for, at most: the http matcher's own
@@ -86,6 +93,9 @@ class EchoTarget:
     """Send every byte back to the client: a smoke test for the whole path."""
 
     name: str = "echo"
+
+    def describe(self) -> list[str]:
+        return []
 
     def attach(self, connection: IConnection) -> None:
         connection.set_server(self.name)
@@ -163,6 +173,9 @@ class RedirectTarget:
     port: int | None = None
     host: str | None = None
 
+    def describe(self) -> list[str]:
+        return []
+
     def attach(self, connection: IConnection) -> None:
         connection.set_server(self.name)
         data = connection.buffered
@@ -222,6 +235,9 @@ class RejectTarget:
 
     name: str = "reject"
     reply: bytes = b""
+
+    def describe(self) -> list[str]:
+        return []
 
     def attach(self, connection: IConnection) -> None:
         connection.set_server(self.name)
@@ -287,3 +303,16 @@ def compile_responder(name: str, raw: Mapping[str, Any]) -> ITarget:
     accepted, compile_kind = RESPONDER_KINDS[kind]
     table = {k: v for k, v in raw.items() if k != "kind"}
     return compile_kind(name, Options(table, accepted), frozenset(table))
+
+
+@implementer(ITargetKind)
+class ResponderKind:
+    """``[responder.NAME]``: a built-in responder with options of its own."""
+
+    section = "responder"
+    description = "answered by switchyard itself: echo, reject, redirect"
+    order = 20
+    builtins: Mapping[str, ITarget] = BUILTIN_RESPONDERS
+
+    def compile(self, name: str, table: Mapping[str, Any], context: ICompileContext) -> ITarget:
+        return compile_responder(name, table)

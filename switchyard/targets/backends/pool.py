@@ -9,7 +9,7 @@ from typing import Any
 from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.logger import Logger
 
-from switchyard.backends.balancing import Balancer
+from switchyard.targets.backends.balancing import Balancer
 
 log = Logger(namespace="switchyard.backend")
 

@@ -10,7 +10,6 @@ import os
 import select
 import socket
 import sys
-import typing
 from collections.abc import Callable
 from typing import Any
 
@@ -21,8 +20,10 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from switchyard import reactor as _reactor_module
 from switchyard.deadlines import Deadlines
+from switchyard.interfaces import IRelayBooks
+from switchyard.relay import internals
+from switchyard.relay import reactor as _reactor_module
 
 SUPPORTED = sys.platform.startswith("linux") and hasattr(os, "splice") and hasattr(os, "pipe2")
 
@@ -43,19 +44,8 @@ _LINGER_RESET = b"\x01\x00\x00\x00\x00\x00\x00\x00"  # struct linger {1, 0}: clo
 _DONE = Failure(error.ConnectionDone())
 _EPOLLIN = getattr(select, "EPOLLIN", 1)
 _EPOLLOUT = getattr(select, "EPOLLOUT", 4)
-log = Logger(namespace="switchyard.splice")
+log = Logger(namespace="switchyard.relay.splice")
 _ABORTED = Failure(error.ConnectionAborted())
-
-
-class Books(typing.Protocol):
-    """What the relay keeps up to date on the switch's connection, nothing more."""
-
-    bytes_in: int  # client -> peer
-    bytes_out: int  # peer -> client
-    _last_activity: float  # read by the switch's idle timer
-
-    def _set_reason(self, reason: str, detail: str = "") -> None:
-        """Record why the connection ended (the first reason given wins)."""
 
 
 def _plain(transport: Any) -> bool:
@@ -67,12 +57,8 @@ def _plain(transport: Any) -> bool:
             and bool(transport.connected)
             and not transport.disconnecting
             and not transport.disconnected
-            and not transport._writeDisconnecting
-            and not transport._writeDisconnected
-            and not getattr(transport, "_aborting", False)
+            and internals.writes_open(transport)
             and transport.producer is None
-            # Descriptors queued for sendmsg would be lost with the buffer.
-            and not getattr(transport, "_sendmsgQueue", None)
             # (Always a stream socket: Twisted's datagram ports are other
             # classes. socket.type would cost an enum conversion per call.)
             and getattr(transport, "socket", None) is not None)
@@ -80,9 +66,11 @@ def _plain(transport: Any) -> bool:
 
 def can_splice(client_transport: Any, peer_transport: Any = None) -> bool:
     """True when both ends are plain sockets this platform can splice between
-    (without ``peer_transport``: when the client is, for a bare peer socket)."""
+    (without ``peer_transport``: when the client is, for a bare peer socket),
+    and this Twisted has what the fast path needs (L{internals.check})."""
     return (SUPPORTED and _plain(client_transport)
-            and (peer_transport is None or _plain(peer_transport)))
+            and (peer_transport is None or _plain(peer_transport))
+            and internals.check().fast_path)
 
 
 def no_delay(sock: socket.socket) -> None:
@@ -149,7 +137,7 @@ class _Socket:
         self.relay._pump(self.incoming)
 
     def on_event(self, event: int) -> None:
-        """Readable and/or writable, from L{switchyard.reactor} (no Twisted
+        """Readable and/or writable, from L{switchyard.relay.reactor} (no Twisted
         wrapping): the same as doRead then doWrite."""
         try:
             if event == _EPOLLIN:
@@ -270,13 +258,13 @@ class SpliceRelay:
     directions have ended (half-close passed on each way) both sockets are
     closed at once, a reset if bytes were lost; the transports' protocols
     get C{connectionLost} as usual, a bare peer's owner ``peer_closed``,
-    after C{connection._set_reason} said why.
+    after C{connection.relay_ended} said why.
     """
 
     __slots__ = ("reactor", "connection", "client", "peer", "_peer_head", "done", "_tuned",
                  "_now")
 
-    def __init__(self, reactor: Any, connection: Books, client_transport: Any,
+    def __init__(self, reactor: Any, connection: IRelayBooks, client_transport: Any,
                  peer_transport: Any = None, *, peer_socket: socket.socket | None = None,
                  peer_head: bytes = b"",
                  peer_closed: Callable[[Failure], None] | None = None) -> None:
@@ -311,8 +299,8 @@ class SpliceRelay:
         to_peer = self._peer_head
         self._peer_head = b""
         if self.peer.transport is not None:
-            to_peer = _take_buffer(self.peer.transport) + to_peer
-        to_client = _take_buffer(self.client.transport)
+            to_peer = internals.take_unsent(self.peer.transport) + to_peer
+        to_client = internals.take_unsent(self.client.transport)
         self.client.outgoing = self.peer.incoming = _Direction(self.client, self.peer, True,
                                                                to_peer)
         self.peer.outgoing = self.client.incoming = _Direction(self.peer, self.client, False,
@@ -334,7 +322,7 @@ class SpliceRelay:
         if self.done:
             return
         if reason is not None:
-            self.connection._set_reason(reason, detail)
+            self.connection.relay_ended(reason, detail)
         # Bytes still in flight would be lost: a reset then tells each end
         # the stream is truncated, where a FIN would pass it off as complete.
         truncated = self.client.incoming.backlog or self.peer.incoming.backlog
@@ -467,7 +455,7 @@ class SpliceRelay:
             books.bytes_in += n
         else:
             books.bytes_out += n
-        books._last_activity = self._now()
+        books.last_activity = self._now()
 
     def _drain(self, d: _Direction) -> bool:
         """Send the head, then the pipe, to dst; False when dst cannot take more now."""
@@ -520,16 +508,16 @@ class SpliceRelay:
             if side.transport is not None:
                 # Both directions were shut down already: Twisted's
                 # shutdown(2) before close would be a wasted system call.
-                side.transport._shouldShutdown = False
+                internals.close_without_shutdown(side.transport)
         self._teardown()
-        self.connection._set_reason("normal")
+        self.connection.relay_ended("normal")
         self._hand_back(abort=False)
 
     def _fail(self, reason: str, detail: str) -> None:
         if self.done:
             return
         self._teardown()
-        self.connection._set_reason(reason, detail)
+        self.connection.relay_ended(reason, detail)
         self._hand_back(abort=True)
 
     def _lost(self, side: _Socket, reason: Failure) -> None:
@@ -586,21 +574,6 @@ class SpliceRelay:
         self.client = self.peer = None  # type: ignore[assignment]
 
 
-def _take_buffer(transport: Any) -> bytes:
-    """Empty a FileDescriptor's unsent write buffer, returning its bytes in order."""
-    if len(transport.dataBuffer) <= transport.offset and not transport._tempDataBuffer:
-        # Nothing unsent (the usual case): leave the transport's attributes
-        # alone, as assigning them would give each transport its own copies.
-        return b""
-    parts: list[Any] = [memoryview(transport.dataBuffer)[transport.offset:]]
-    parts.extend(transport._tempDataBuffer)
-    transport.dataBuffer = b""
-    transport.offset = 0
-    transport._tempDataBuffer = []
-    transport._tempDataLen = 0
-    return b"".join(parts)
-
-
 # connect(2)'s answers for "not yet": the first call's, and a repeated call's.
 _IN_PROGRESS = frozenset((errno.EINPROGRESS, errno.EALREADY, errno.EWOULDBLOCK, errno.EAGAIN))
 
@@ -646,7 +619,7 @@ class DirectConnect:
                                       | socket.SOCK_CLOEXEC)
         except OSError as e:  # EMFILE, ENFILE, ENOBUFS: a failed connect like any other
             self.sock = None  # type: ignore[assignment]
-            self._end(False, error.ConnectError(string=f"no socket: {e.strerror or e}"))
+            self._end(False, error.ConnectError(e.errno, f"no socket: {e.strerror or e}"))
             return
         code = self.sock.connect_ex(address)
         if code in _IN_PROGRESS and _loopback(address[0]):
@@ -671,7 +644,7 @@ class DirectConnect:
         return "DirectConnect"
 
     def on_event(self, event: int) -> None:
-        """Writable, from L{switchyard.reactor}."""
+        """Writable, from L{switchyard.relay.reactor}."""
         try:
             self.doWrite()
         except Exception:
@@ -749,5 +722,5 @@ def close_socket(reactor: Any, sock: socket.socket) -> None:
     sock.close()
 
 
-# Their plain events skip Twisted's per-event logging context (switchyard.reactor).
+# Their plain events skip Twisted's per-event logging context (switchyard.relay.reactor).
 _reactor_module.DIRECT.update((_Socket, DirectConnect))

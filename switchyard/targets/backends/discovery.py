@@ -12,7 +12,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from switchyard.backends.pool import Pool, Server
+from switchyard.targets.backends.pool import Pool, Server
 
 log = Logger(namespace="switchyard.backend")
 

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import errno
 from collections import deque
 from collections.abc import Callable
 from typing import Any
 
+from OpenSSL import SSL
+from service_identity import VerificationError
 from twisted.internet import defer, error
 from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.internet.protocol import Factory, Protocol
@@ -13,17 +16,30 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from switchyard.backends.discovery import Discovery
-from switchyard.backends.health import HealthChecker
-from switchyard.backends.pool import FULL, Pool, Server
 from switchyard.deadlines import Deadlines
-from switchyard.interfaces import IConnection, ITarget
-from switchyard.proxyheader import build_header
-from switchyard.splice import DirectConnect, close_socket
+from switchyard.interfaces import IConnection, IRunningTarget
+from switchyard.relay.splice import DirectConnect, close_socket
+from switchyard.targets.backends.discovery import Discovery
+from switchyard.targets.backends.health import HealthChecker
+from switchyard.targets.backends.pool import FULL, Pool, Server
+from switchyard.wire.proxy import build_header
 
 log = Logger(namespace="switchyard.backend")
 
 _CONNECTION_DONE = Failure(error.ConnectionDone())
+
+# A connect that fails for want of a local resource (descriptors, buffers,
+# ephemeral ports) says nothing about the server: it must not count for
+# passive health, or a descriptor flood would mark healthy servers down.
+_LOCAL_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM,
+                           errno.EADDRNOTAVAIL})
+# At most one log line per backend this often about local resource failures.
+LOCAL_FAILURE_LOG_INTERVAL = 10.0
+
+
+def local_failure(f: Failure) -> bool:
+    """Whether a connect failed here, not at the server (EMFILE and the like)."""
+    return getattr(f.value, "osError", None) in _LOCAL_ERRNOS
 
 # Cancelling a HostnameEndpoint connect (addTimeout does) fails with
 # ConnectingCancelledError rather than CancelledError.
@@ -50,7 +66,9 @@ class _BackendProtocol(Protocol):
 
     def connectionLost(self, reason: Failure = _CONNECTION_DONE) -> None:
         self.release()
-        self.connection.peer_lost(reason)
+        # TLS to the backend (origination) failing is not a plain reset.
+        failed_tls = isinstance(reason.value, (SSL.Error, VerificationError))
+        self.connection.peer_lost(reason, "backend_tls_failed" if failed_tls else None)
 
 
 class _BackendFactory(Factory):
@@ -134,6 +152,12 @@ class _Dispatch:
             if connection.closing:
                 release()  # the client left: not the server's fault
                 return
+            if local_failure(f):
+                release()
+                target.local_failure(f)
+                connection.close("local_resources", f"cannot connect to "
+                                 f"{server.description}: {f.getErrorMessage()}")
+                return
             timed_out = f.check(*_TIMEOUTS) is not None
             why = (f"timed out after {target.connect_timeout:g}s" if timed_out
                    else f.getErrorMessage())
@@ -181,7 +205,7 @@ class _Dispatch:
         d.addCallbacks(connected, failed)
 
 
-@implementer(ITarget)
+@implementer(IRunningTarget)
 class BackendTarget:
     """A pool of servers behind one name: balanced, retried, queued, health-checked."""
 
@@ -203,6 +227,8 @@ class BackendTarget:
         self._pumping = False
         self._pump_again = False
         self._refusing = False  # the queue is full: logged once per episode
+        self._local_failures = 0
+        self._local_logged = -LOCAL_FAILURE_LOG_INTERVAL
         pool.on_capacity = self._pump
         # The connect timeouts of bare-socket connects, on one timer.
         self.connect_deadlines = Deadlines(reactor, connect_timeout, DirectConnect.expired)
@@ -210,6 +236,25 @@ class BackendTarget:
     @property
     def servers(self) -> tuple[Server, ...]:
         return self.pool.servers
+
+    def describe(self) -> list[str]:
+        return []
+
+    def hangup(self) -> None:
+        pass  # nothing read from files
+
+    def local_failure(self, f: Failure) -> None:
+        """Log, at most once per LOCAL_FAILURE_LOG_INTERVAL, connects that
+        failed for want of local resources: they are this process's limit."""
+        self._local_failures += 1
+        now = self.reactor.seconds()
+        if now - self._local_logged >= LOCAL_FAILURE_LOG_INTERVAL:
+            log.warn("backend {backend}: {n} connects failed for want of local resources "
+                     "({error}): raise the descriptor limit (ulimit -n, LimitNOFILE) or lower "
+                     "max_connections; servers are not marked down for it",
+                     backend=self.name, n=self._local_failures, error=f.getErrorMessage())
+            self._local_logged = now
+            self._local_failures = 0
 
     def attach(self, connection: IConnection) -> None:
         _Dispatch(self, connection).place()

@@ -26,7 +26,9 @@ from typing import Any
 from twisted.internet import tcp
 from twisted.python import log
 
-# Descriptor classes with ``on_event(event)``: filled by switchyard.splice.
+from switchyard.relay import internals
+
+# Descriptor classes with ``on_event(event)``: filled by switchyard.relay.splice.
 DIRECT: set[type] = set()
 # Twisted classes whose events take Twisted's usual handling without the
 # logging context around it: their own log lines are namespaced, so the
@@ -47,14 +49,24 @@ if EPollReactor is not None:
     class SwitchyardReactor(EPollReactor):  # type: ignore[misc,valid-type]
         """EPollReactor, delivering plain events to L{DIRECT} descriptors directly."""
 
+        def __init__(self) -> None:
+            super().__init__()
+            # Twisted's books, through the one module that touches them.
+            parts = internals.epoll_parts(self)
+            self._epoll = parts.poller
+            self._by_fd = parts.selectables
+            self._reading = parts.reads
+            self._writing = parts.writes
+            self._usual = parts.dispatch
+
         def doPoll(self, timeout: float | None) -> None:
+            selectables = self._by_fd
             try:
-                events = self._poller.poll(-1 if timeout is None else timeout,
-                                           len(self._selectables))
+                events = self._epoll.poll(-1 if timeout is None else timeout,
+                                          len(selectables))
             except InterruptedError:
                 return
-            selectables = self._selectables
-            usual = self._doReadOrWrite
+            usual = self._usual
             direct = DIRECT
             quiet = QUIET
             for fd, event in events:
@@ -79,32 +91,32 @@ if EPollReactor is not None:
         doIteration = doPoll
 
         # -- registrations by fd, with the fewest epoll_ctl calls ----------
-        # (used by the splice relay through the functions below)
+        # (used by the splice relay)
 
         def adopt(self, fd: int, selectable: Any) -> tuple[bool, bool]:
             """``selectable`` takes over whatever is registered on ``fd``, as
             it is (no system call); returns (reading, writing)."""
-            reading, writing = fd in self._reads, fd in self._writes
+            reading, writing = fd in self._reading, fd in self._writing
             if reading or writing:
-                self._selectables[fd] = selectable
+                self._by_fd[fd] = selectable
             return reading, writing
 
         def set_interest(self, selectable: Any, fd: int, read: bool, write: bool) -> None:
             """Register ``selectable`` for exactly ``read``/``write``: one
             epoll_ctl (where add/remove pairs would need two)."""
-            was = fd in self._reads or fd in self._writes
+            was = fd in self._reading or fd in self._writing
             flags = (select.EPOLLIN if read else 0) | (select.EPOLLOUT if write else 0)
             if not flags:
                 if was:
-                    self._poller.unregister(fd)
-                    del self._selectables[fd]
+                    self._epoll.unregister(fd)
+                    del self._by_fd[fd]
             elif was:
-                self._poller.modify(fd, flags)
-                self._selectables[fd] = selectable
+                self._epoll.modify(fd, flags)
+                self._by_fd[fd] = selectable
             else:
-                self._poller.register(fd, flags)
-                self._selectables[fd] = selectable
-            for wanted, books in ((read, self._reads), (write, self._writes)):
+                self._epoll.register(fd, flags)
+                self._by_fd[fd] = selectable
+            for wanted, books in ((read, self._reading), (write, self._writing)):
                 if wanted:
                     books.add(fd)
                 else:
@@ -115,19 +127,20 @@ if EPollReactor is not None:
             closes it right away, which removes it from the epoll set (it
             is never duplicated). A later event for it in this batch finds
             nothing registered and is skipped."""
-            self._reads.discard(fd)
-            self._writes.discard(fd)
-            self._selectables.pop(fd, None)
+            self._reading.discard(fd)
+            self._writing.discard(fd)
+            self._by_fd.pop(fd, None)
 
 
 def install() -> Any:
-    """Install L{SwitchyardReactor} if no reactor is installed yet and this
-    system has epoll; return the reactor in use either way."""
-    if "twisted.internet.reactor" not in sys.modules and EPollReactor is not None:
+    """Install L{SwitchyardReactor} if no reactor is installed yet, this
+    system has epoll and this Twisted has what it needs (L{internals.check});
+    return the reactor in use either way."""
+    if ("twisted.internet.reactor" not in sys.modules and EPollReactor is not None
+            and internals.check().reactor):
         from twisted.internet.main import installReactor
 
         installReactor(SwitchyardReactor())
     from twisted.internet import reactor
 
     return reactor
-

@@ -16,7 +16,7 @@ _CONNECTION_FACTS = frozenset({"listener", "client", "client_host", "client_port
 
 ACCESS_FORMAT = (
     "{client} {listener}/{route} -> {server} facts[{facts_text}] "
-    "in={bytes_in} out={bytes_out} {duration:.3f}s close={reason}{detail_text}"
+    "in={bytes_in} out={bytes_out} {duration:.3f}s relay={relay} close={reason}{detail_text}"
 )
 
 
@@ -45,7 +45,8 @@ def emit_access_event(connection: Any, sink: AccessLogFile | None = None) -> Non
     line to ``sink``, the access log file, when one is configured.
 
     Fields: client, listener, route, server, facts (dict), bytes_in (from
-    the client), bytes_out (to the client), duration (s), reason, detail.
+    the client), bytes_out (to the client), duration (s), relay (which relay
+    carried the bytes: splice, twisted, or - for none), reason, detail.
     """
     facts = {k: v for k, v in connection.facts.items() if k not in _CONNECTION_FACTS}
     route = connection.route.name if connection.route is not None else "-"
@@ -59,6 +60,7 @@ def emit_access_event(connection: Any, sink: AccessLogFile | None = None) -> Non
         bytes_in=connection.bytes_in,
         bytes_out=connection.bytes_out,
         duration=connection.reactor.seconds() - connection.started,
+        relay=connection.relay_kind,
         reason=connection.reason or "normal",
         detail_text=f" ({detail})" if detail else "",
     )

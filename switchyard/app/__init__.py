@@ -1,0 +1,1 @@
+"""The application: twistd options, the service tree, worker processes."""

@@ -1,0 +1,1 @@
+"""What switchyard tells operators: the access log, metrics, explanations."""

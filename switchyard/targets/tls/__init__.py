@@ -1,0 +1,1 @@
+"""TLS termination: the ``[tls.NAME]`` target kind, its settings, engine and watcher."""
