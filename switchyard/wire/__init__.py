@@ -1,0 +1,1 @@
+"""Pure parsers and builders of what crosses the wire, shared by matchers and targets."""
