@@ -239,14 +239,17 @@ def _binary(data: bytes, eof: bool) -> ParseResult:
 
 
 def _longest_line(data: bytes, end: int) -> int:
-    """The longest CRLF-ended line in C{data[:end]}, or the unfinished one after them."""
+    """
+    The length of the longest line in C{data[:end]}, line end included; an
+    unfinished last line counts one more byte, the least its end will take.
+    """
     longest = 0
     pos = 0
     while pos < end:
         found = data.find(b"\r\n", pos, end)
-        stop = end if found < 0 else found + 2
-        longest = max(longest, stop - pos)
-        pos = stop
+        length = end - pos + 1 if found < 0 else found + 2 - pos
+        longest = max(longest, length)
+        pos += length
     return longest
 
 
