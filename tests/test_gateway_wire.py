@@ -16,6 +16,7 @@ from switchyard.targets.gateway.replies import (
     REPLIES,
     Dialect,
     Outcome,
+    Reason,
     reply,
 )
 from switchyard.wire.gateway import (
@@ -369,10 +370,16 @@ class ReplyTests(TestCase):
 
     def test_frontdIsSilentOnSuccessAndFourDigitsOnError(self) -> None:
         self.assertEqual(reply(Dialect.FRONTD, Outcome.CONNECTED, Mode.LINE), b"")
-        expected = {Outcome.CONNECT_TIMEOUT: "4101", Outcome.CONNECT_FAILED: "4102",
-                    Fault.LINE_TOO_LONG: "4104", Fault.LINE_UNFINISHED: "4104",
-                    Outcome.UNDECRYPTABLE: "4106", Fault.HTTP_UNFINISHED: "4107",
-                    Fault.HTTP_HEADER_TOO_LARGE: "4108", Fault.BINARY_SHORT: "4109"}
+        expected: dict[Reason, str] = {
+            Outcome.CONNECT_TIMEOUT: "4101",
+            Outcome.CONNECT_FAILED: "4102",
+            Fault.LINE_TOO_LONG: "4104",
+            Fault.LINE_UNFINISHED: "4104",
+            Outcome.UNDECRYPTABLE: "4106",
+            Fault.HTTP_UNFINISHED: "4107",
+            Fault.HTTP_HEADER_TOO_LARGE: "4108",
+            Fault.BINARY_SHORT: "4109",
+        }
         for reason, code in expected.items():
             sent = reply(Dialect.FRONTD, reason, Mode.LINE)
             self.assertEqual(re.findall(rb"41[0-9][0-9]", sent), [code.encode()], reason)
