@@ -163,7 +163,7 @@ class Malformed:
 
 
 Opening = Union[LineOpening, BinaryOpening, HttpOpening]
-ParseResult = Union[LineOpening, BinaryOpening, HttpOpening, Pending, Malformed, Verdict]
+ParseResult = Union[Opening, Pending, Malformed, Verdict]
 
 
 def parse_opening(
@@ -187,7 +187,7 @@ def parse_opening(
     """
     data = bytes(data)
     if not data:
-        return NO if eof else NEED_MORE
+        return _undecided(eof)
     if data[0] == 0:
         return _binary(data, eof)
     if data[0] == SALTED_BASE64[0]:
