@@ -1,0 +1,1 @@
+"""The encrypted-address gateway (frontd/huangkunbin protocol): secrets, ciphers, replies."""
