@@ -1,0 +1,1 @@
+"""Where routes send connections: backends, responders, TLS termination, the gateway, tunnels."""
