@@ -77,6 +77,15 @@ def describe_key(blob: bytes) -> str:
         return "an unreadable key"
 
 
+def _forward(data: bytes) -> tuple[str, int] | None:
+    """The (address, port) of a ``tcpip-forward`` request, or None if malformed."""
+    try:
+        address, port = forwarding.unpackGlobal_tcpip_forward(data)
+    except (struct.error, UnicodeError, IndexError, ValueError):
+        return None
+    return address, port
+
+
 # -- authentication -------------------------------------------------------
 
 
@@ -284,7 +293,11 @@ class AgentConnection(connection.SSHConnection):
 
     def publish(self, data: bytes) -> Any:
         """A ``tcpip-forward``: 1 (or 1 and the port, for port 0) if allowed, else 0."""
-        address, port = forwarding.unpackGlobal_tcpip_forward(data)
+        forward = _forward(data)
+        if forward is None:
+            self.refused("a tcpip-forward that is not UTF-8 text and a port")
+            return 0
+        address, port = forward
         if self.agent is None:
             return 0
         try:
@@ -302,8 +315,11 @@ class AgentConnection(connection.SSHConnection):
         return 1, struct.pack(">L", reply_port)
 
     def unpublish(self, data: bytes) -> Any:
-        address, port = forwarding.unpackGlobal_tcpip_forward(data)
-        if self.agent is None or not self.server.registry.unpublish(self.agent, address, port):
+        forward = _forward(data)
+        if forward is None or self.agent is None:
+            return 0
+        address, port = forward
+        if not self.server.registry.unpublish(self.agent, address, port):
             return 0
         log.info("tunnel {tunnel}: agent {agent} withdrew {name}:{port}",
                  tunnel=self.identity.tunnel, agent=self.description, name=address, port=port)
