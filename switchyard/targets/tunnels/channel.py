@@ -99,7 +99,9 @@ class TunnelChannel(SSHChannel):
         self.state = _OPEN
         if self.buf:  # written before the agent answered
             pending, self.buf = self.buf, b""
-            self.write(pending)
+            SSHChannel.write(self, pending)
+        if self._eof_wanted and not self.buf:
+            self._send_eof()
         self.opened.callback(self)
 
     def openFailed(self, reason: Any) -> None:
@@ -160,7 +162,15 @@ class TunnelChannel(SSHChannel):
         connection.peer_lost(Failure(reason))
 
     def addWindowBytes(self, data: int) -> None:
-        super().addWindowBytes(data)
+        # conch's, with the buffer sent past our own write (which takes
+        # nothing more once the visitor's EOF is pending), then that EOF.
+        self.remoteWindowLeft += data
+        if not self.areWriting and not self.closing:
+            self.areWriting = True
+            self.startWriting()
+        if self.buf:
+            pending, self.buf = self.buf, b""
+            SSHChannel.write(self, pending)
         if self._eof_wanted and not self.buf:
             self._send_eof()
 
