@@ -190,7 +190,7 @@ class TunnelUserAuth(userauth.SSHUserAuthServer):
         super().serviceStarted()
 
     def ssh_USERAUTH_REQUEST(self, packet: bytes) -> Any:
-        user, _, method, _ = common.getNS(packet, 3)
+        _, _, method, _ = common.getNS(packet, 3)
         tried = self.transport.auth_methods
         name = _text(method)
         if name not in tried and len(tried) < 10:
