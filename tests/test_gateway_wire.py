@@ -9,7 +9,6 @@ from hypothesis import strategies as st
 from twisted.trial.unittest import TestCase
 
 from switchyard.interfaces import NEED_MORE, NO, Verdict
-from switchyard.matchers.http import RequestHead, parse_request_head
 from switchyard.targets.gateway.crypto import Kdf
 from switchyard.targets.gateway.replies import (
     DEFAULT_LINE_LIMITS,
@@ -33,6 +32,7 @@ from switchyard.wire.gateway import (
     parse_opening,
     rewrite_http_head,
 )
+from switchyard.wire.http import RequestHead, parse_request_head
 from tests.openings import all_vectors, http_head_complete, mutated_openings, record_opening, vector
 from tests.test_gateway_crypto import openssl_line
 

@@ -19,8 +19,9 @@ from twisted.trial import unittest
 from zope.interface import implementer
 
 from switchyard.config import Listener, Route
+from switchyard.connection import Connection
 from switchyard.interfaces import IConnection, ITarget, Match
-from switchyard.switch import SwitchFactory, SwitchProtocol
+from switchyard.listener import ListenerBooks
 from switchyard.targets.tunnels import TunnelError
 from switchyard.targets.tunnels.channel import TunnelChannel
 from switchyard.targets.tunnels.settings import MAX_PACKET
@@ -61,8 +62,8 @@ class _TunnelTarget:
         d.addCallbacks(opened, failed)
 
 
-class _Capturing(SwitchFactory):
-    def buildProtocol(self, addr: Any) -> SwitchProtocol:
+class _Capturing(ListenerBooks):
+    def buildProtocol(self, addr: Any) -> Connection:
         self.last = super().buildProtocol(addr)
         return self.last
 

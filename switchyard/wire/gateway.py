@@ -36,7 +36,7 @@ from typing import Union
 import attr
 
 from switchyard.interfaces import NEED_MORE, NO, Verdict
-from switchyard.matchers.http import RequestHead, parse_request_head
+from switchyard.wire.http import RequestHead, parse_request_head
 
 SALTED = b"Salted__"
 SALTED_BASE64 = b"U2FsdGVkX1"

@@ -17,8 +17,8 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from switchyard.backends.balancing import BALANCERS, Balancer
 from switchyard.matchers._names import normalize_name
+from switchyard.targets.backends.balancing import BALANCERS, Balancer
 from switchyard.targets.tunnels.settings import (
     DEFAULT_MAX_FORWARDS,
     DEFAULT_OPEN_TIMEOUT,

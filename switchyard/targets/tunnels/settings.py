@@ -20,10 +20,10 @@ from typing import Any
 import attr
 from twisted.conch.ssh.keys import BadKeyError, EncryptedKeyError, Key
 
-from switchyard.backends.balancing import BALANCERS
 from switchyard.interfaces import OptionError
 from switchyard.matchers._names import compile_name_patterns
 from switchyard.options import Options, require_texts
+from switchyard.targets.backends.balancing import BALANCERS
 
 DEFAULT_LOGIN_TIMEOUT = 30.0
 DEFAULT_MAX_AUTH_TRIES = 6
