@@ -128,8 +128,8 @@ class DaemonTests(unittest.TestCase):
                                                   port=port))
         result = run_twistd("-n", "switchyard", "--check", "--config", config)
         self.assertEqual(result.returncode, 1, result.stdout + result.stderr)
-        self.assertIn("access_log: cannot open '/nonexistent/dir/access.log' for appending: "
-                      "No such file or directory", result.stderr)
+        self.assertIn("access_log: cannot create '/nonexistent/dir/access.log': the folder "
+                      "'/nonexistent/dir' does not exist", result.stderr)
 
 
 class BufferTests(unittest.TestCase):

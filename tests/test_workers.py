@@ -281,15 +281,18 @@ class WorkerTests(unittest.TestCase):
             self.assertLess(time.monotonic(), deadline, f"orphaned workers: {pids}")
             time.sleep(0.05)
 
-    def test_sighupReachesEveryWorker(self) -> None:
+    def test_sighupReplacesEveryWorkerOneAfterAnother(self) -> None:
         self.start(workers=2)
         pids = self.ready(2)
         os.kill(self.switchyard.process.pid, signal.SIGHUP)
-        self.wait_log(r"SIGHUP received: forwarding it to workers 1, 2")
-        reloaded = self.wait_log(r"\[worker (\d)\] tls site: certificates reloaded", 2)
-        self.assertEqual(sorted(reloaded), ["1", "2"])
+        self.wait_log(r"reload: .* checked; replacing workers 1, 2 one after another")
+        self.wait_log(r"every worker runs the new configuration")
+        replaced = self.wait_log(r"worker (\d) \(pid (\d+)\) replaced by pid \d+", 2)
+        self.assertEqual(sorted(replaced), [("1", str(pids[1])), ("2", str(pids[2]))])
         self.assertEqual(self.tls_echo(b"after reload"), b"after reload")
-        self.assertEqual(self.worker_pids(), pids)
+        new = self.worker_pids()
+        self.assertEqual(len(new), 2)
+        self.assertFalse(set(new.values()) & set(pids.values()), (new, pids))
         self.assertNotIn("died unexpectedly", self.switchyard.log_text())
 
     def test_workerStoppedAloneIsRestartedAndLeavesTheSocketFile(self) -> None:
@@ -480,7 +483,7 @@ class SupervisorTests(unittest.TestCase):
     def setUp(self) -> None:
         self.patch(signal, "signal", lambda *args: None)  # leave trial's handlers alone
         self.reactor = _FakeReactor()
-        config = SimpleNamespace(path="/etc/sy.toml", source=b"text", listeners=[
+        config = SimpleNamespace(path="/etc/sy.toml", source=b"text", workers=2, listeners=[
             SimpleNamespace(name="main", listen="127.0.0.1:1", grace_period=5.0)])
         self.supervisor = supervisor.WorkerSupervisor(config, 2, self.reactor)
         port = SimpleNamespace(fileno=lambda: 17, stopListening=lambda: None)
@@ -549,15 +552,24 @@ class SupervisorTests(unittest.TestCase):
         self.die(2)
         self.successResultOf(stopped)
 
-    def test_hangupWaitsUntilAWorkerIsReady(self) -> None:
+    def test_reloadReplacesOneWorkerAtATime(self) -> None:
         first, second = (w for w, _, _ in self.reactor.spawned)
-        first.childDataReceived(supervisor.LOG_FD, b'{"switchyard_worker_ready": true, '
-                                                b'"worker_text": "ready"}\n')
-        self.supervisor.hangup()
-        self.assertEqual(first.transport.signals, ["HUP"])
-        self.assertEqual(second.transport.signals, [])
-        second.childDataReceived(supervisor.LOG_FD, b'{"switchyard_worker_ready": true}\n')
-        self.assertEqual(second.transport.signals, ["HUP"])
+        for worker in (first, second):
+            worker.childDataReceived(supervisor.LOG_FD, b'{"switchyard_worker_ready": true}\n')
+        self.patch(supervisor, "load", lambda path, reactor: self.supervisor.config)
+        self.patch(supervisor, "shareable", lambda config: None)
+        self.assertTrue(self.supervisor.reload())
+        # The successor of worker 1 starts; worker 1 serves until it is ready.
+        third = self.reactor.spawned[2][0]
+        self.assertEqual((third.worker_id, first.transport.signals), (1, []))
+        third.childDataReceived(supervisor.LOG_FD, b'{"switchyard_worker_ready": true}\n')
+        self.assertEqual(first.transport.signals, ["TERM"])
+        # Then worker 2, the same way.
+        fourth = self.reactor.spawned[3][0]
+        self.assertEqual((fourth.worker_id, second.transport.signals), (2, []))
+        fourth.childDataReceived(supervisor.LOG_FD, b'{"switchyard_worker_ready": true}\n')
+        self.assertEqual(second.transport.signals, ["TERM"])
+        self.assertEqual(sorted(self.supervisor.workers), [1, 2])
 
     def test_workerOutputReachesTheLog(self) -> None:
         worker = self.reactor.spawned[0][0]

@@ -90,6 +90,14 @@ def describe(config: Config) -> str:
     return "\n".join(lines)
 
 
+def _owner(options: Options) -> tuple[int | None, int | None]:
+    """The (uid, gid) twistd will switch to (``--uid``/``--gid``), if any."""
+    parent = getattr(options, "parent", None)
+    if parent is None:
+        return None, None
+    return parent.get("uid"), parent.get("gid")
+
+
 def makeService(options: Options) -> service.IService:
     from twisted.internet import reactor
 
@@ -107,7 +115,7 @@ def makeService(options: Options) -> service.IService:
     else:
         from switchyard.app.service import switch_service
 
-        top = switch_service(config, reactor)
+        top = switch_service(config, reactor, owner=_owner(options))
     log.info("switchyard: {config} compiled:\n{summary}\nreactor: {reactor}",
              config=config.path,
              summary=describe(config) + (f"\nworkers: {options.workers}"
