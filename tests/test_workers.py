@@ -554,8 +554,8 @@ class SupervisorTests(unittest.TestCase):
 
     def test_reloadReplacesOneWorkerAtATime(self) -> None:
         first, second = (w for w, _, _ in self.reactor.spawned)
-        for worker in (first, second):
-            worker.childDataReceived(supervisor.LOG_FD, b'{"switchyard_worker_ready": true}\n')
+        for started in (first, second):
+            started.childDataReceived(supervisor.LOG_FD, b'{"switchyard_worker_ready": true}\n')
         self.patch(supervisor, "load", lambda path, reactor: self.supervisor.config)
         self.patch(supervisor, "shareable", lambda config: None)
         self.assertTrue(self.supervisor.reload())
