@@ -8,7 +8,7 @@ import socket
 from typing import Any
 
 from OpenSSL import SSL
-from twisted.internet import ssl
+from twisted.internet import defer, ssl
 from twisted.internet.endpoints import (
     HostnameEndpoint,
     TCP4ClientEndpoint,
@@ -17,6 +17,7 @@ from twisted.internet.endpoints import (
     serverFromString,
     wrapClientTLS,
 )
+from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import (
     IOpenSSLClientConnectionCreator,
     IStreamClientEndpoint,
@@ -109,10 +110,61 @@ def server_endpoint_string(value: str) -> str:
 
 def server_endpoint(key: str, value: str, reactor: Any) -> IStreamServerEndpoint:
     description = server_endpoint_string(value)
+    if description.startswith("systemd:"):
+        return SystemdEndpoint.parse(key, description, reactor)
     try:
         return serverFromString(reactor, description)
     except Exception as e:
         raise OptionError(key, f"bad listen endpoint {description!r}: {e}")
+
+
+@implementer(IStreamServerEndpoint)
+class SystemdEndpoint:
+    """A listening socket passed by systemd's socket activation
+    (``systemd:domain=INET:index=0`` or ``systemd:domain=INET6:name=web``).
+
+    The string is checked when the config is read; the socket is looked up
+    only when listening, so ``--check`` works outside systemd and a missing
+    socket is a clear start-up error.
+    """
+
+    def __init__(self, reactor: Any, family: int, index: int | None, name: str | None,
+                 description: str) -> None:
+        self.reactor = reactor
+        self.family = family
+        self.index = index
+        self.name = name
+        self.description = description
+
+    @classmethod
+    def parse(cls, key: str, description: str, reactor: Any) -> SystemdEndpoint:
+        usage = (f"bad listen endpoint {description!r}: expected "
+                 "'systemd:domain=INET|INET6|UNIX:index=N' or "
+                 "'systemd:domain=...:name=NAME' (the socket unit's FileDescriptorName)")
+        fields: dict[str, str] = {}
+        for part in description.split(":")[1:]:
+            field, equals, value = part.partition("=")
+            if not equals or field not in ("domain", "index", "name") or field in fields:
+                raise OptionError(key, usage)
+            fields[field] = value
+        domain, index, name = fields.get("domain"), fields.get("index"), fields.get("name")
+        if (domain not in ("INET", "INET6", "UNIX") or (index is None) == (name is None)
+                or (index is not None and not index.isdigit()) or name == ""):
+            raise OptionError(key, usage)
+        return cls(reactor, getattr(socket, "AF_" + str(domain)),
+                   None if index is None else int(index), name, description)
+
+    def listen(self, factory: Any) -> Any:
+        # Twisted's own systemd parser holds the inherited descriptors (it
+        # reads LISTEN_FDS once, when twisted.internet.endpoints is imported).
+        try:
+            endpoint = serverFromString(self.reactor, self.description)
+        except (IndexError, KeyError):
+            which = f"named {self.name!r}" if self.name is not None else f"number {self.index}"
+            return defer.fail(CannotListenError(None, self.description, OSError(
+                f"systemd passed no socket {which}: start switchyard from its .socket unit "
+                "(or systemd-socket-activate), or listen on an address")))
+        return endpoint.listen(factory)
 
 
 def tls_client_endpoint(reactor: Any, inner: IStreamClientEndpoint, *, server_name: str,

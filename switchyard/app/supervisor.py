@@ -23,6 +23,7 @@ from twisted.python.failure import Failure
 
 from switchyard.app.worker import FIRST_LISTENER_FD, LOG_FD
 from switchyard.config import Config, ConfigError, load
+from switchyard.endpoints import SystemdEndpoint
 from switchyard.relay import internals
 
 # Restart back-off: the first restart of a worker slot waits RESTART_DELAY,
@@ -45,7 +46,7 @@ def shareable(config: Config) -> None:
     an ``ssl:`` endpoint wraps its port in TLS that adoptStreamPort would lose.
     """
     kinds = (TCP4ServerEndpoint, TCP6ServerEndpoint, UNIXServerEndpoint,
-             AdoptedStreamServerEndpoint)
+             AdoptedStreamServerEndpoint, SystemdEndpoint)
     for listener in config.listeners:
         if not isinstance(listener.endpoint, kinds):
             raise ConfigError(f"listener.{listener.name}.listen",
