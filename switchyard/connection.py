@@ -339,6 +339,7 @@ class Connection(Protocol):
             self._inspect_call.cancel()
             self._inspect_call = None
         self.route = route
+        self.books.metrics.route_decided(self)
         if facts:
             self.facts = {**self._listener_facts, **facts}
         if route.admits is not None:
@@ -562,4 +563,5 @@ class Connection(Protocol):
         # step closes the access log.
         if self._logs:
             emit_access_event(self, books.access_log)
+            books.metrics.connection_closed(self)
         books.release(self, self._counted_host)

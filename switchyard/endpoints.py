@@ -23,6 +23,7 @@ from twisted.internet.interfaces import (
     IStreamClientEndpoint,
     IStreamServerEndpoint,
 )
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from switchyard.interfaces import OptionError
@@ -165,6 +166,20 @@ class SystemdEndpoint:
                 f"systemd passed no socket {which}: start switchyard from its .socket unit "
                 "(or systemd-socket-activate), or listen on an address")))
         return endpoint.listen(factory)
+
+
+def listen_now(endpoint: IStreamServerEndpoint, factory: Any) -> Any:
+    """Listen on ``endpoint`` at once and return the port, or raise what stops
+    it: TCP, UNIX and inherited sockets listen synchronously, so a service
+    binds in its privilegedStartService (before privileges drop) and a port
+    in use stops start-up there."""
+    results: list[Any] = []
+    endpoint.listen(factory).addBoth(results.append)
+    if not results:
+        raise CannotListenError(None, str(endpoint), OSError("did not listen at once"))
+    if isinstance(results[0], Failure):
+        results[0].raiseException()
+    return results[0]
 
 
 def tls_client_endpoint(reactor: Any, inner: IStreamClientEndpoint, *, server_name: str,

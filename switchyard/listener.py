@@ -15,6 +15,7 @@ from switchyard.config import Listener
 from switchyard.connection import RELAYING, Connection
 from switchyard.deadlines import Deadlines
 from switchyard.observe.accesslog import AccessLogFile
+from switchyard.observe.metrics import NO_METRICS
 
 _IP_ADDRESSES = (IPv4Address, IPv6Address)
 
@@ -35,6 +36,7 @@ class ListenerBooks(Factory):
     """
 
     noisy = False
+    metrics: Any = NO_METRICS  # what counts its connections (metrics = ... in the config)
 
     def __init__(self, listener: Listener, reactor: Any,
                  access_log: AccessLogFile | None = None, label: str | None = None) -> None:
@@ -92,6 +94,7 @@ class ListenerBooks(Factory):
         if books is None or books.listener is not listener:
             books = ListenerBooks(listener, self.reactor, self.access_log,
                                   label=f"{self.label}>{listener.name}")
+            books.metrics = self.metrics
             self._nested[id(listener)] = books
         return books
 

@@ -18,6 +18,7 @@ from switchyard.config import Config, ConfigError, Listener, compile_source, loa
 from switchyard.interfaces import IRunningTarget
 from switchyard.listener import ListenerBooks
 from switchyard.observe.accesslog import AccessLogFile
+from switchyard.observe.metrics import backends_of, start_metrics
 
 log = Logger(namespace="switchyard")
 
@@ -50,6 +51,8 @@ class SwitchService(service.MultiService):
         self.owner = owner
         StopOnSignals(reactor).setServiceParent(self)
         self.access_log = _access_log(config, reactor)
+        # /metrics (or a worker's reports to its parent), bound before the listeners.
+        self.metrics = start_metrics(config, self, reactor, worker=endpoints is not None)
         self.targets = targets_service(config)
         self.targets.setServiceParent(self)
         self.listeners: dict[str, ListenerService] = {}
@@ -62,6 +65,7 @@ class SwitchService(service.MultiService):
         served = ListenerService(listener, self.reactor, self.access_log)
         served.setServiceParent(self)
         self.listeners[listener.name] = served
+        self.metrics.watch_listener(served.factory)
         return served
 
     def privilegedStartService(self) -> None:
@@ -116,9 +120,11 @@ class SwitchService(service.MultiService):
             log.error("reload: keeping the running configuration: {path}: {error}",
                       path=old.path, error=str(e))
             return False
-        if new.workers != old.workers:
-            log.warn("reload: workers changed from {old} to {new}: that takes a restart; "
-                     "the rest is applied", old=old.workers, new=new.workers)
+        for key, before, after in (("workers", old.workers, new.workers),
+                                   ("metrics", old.metrics, new.metrics)):
+            if before != after:
+                log.warn("reload: {key} changed from {old} to {new}: that takes a restart; "
+                         "the rest is applied", key=key, old=before, new=after)
         # 1. Ports first: if one cannot be opened, nothing has changed yet.
         current = {name: served.listener for name, served in self.listeners.items()}
         opening = [listener for listener in new.listeners
@@ -154,6 +160,7 @@ class SwitchService(service.MultiService):
         self.targets.disownServiceParent()  # (its open connections go on)
         targets.setServiceParent(self)
         self.targets = targets
+        self.metrics.watch_backends(backends_of(new))
         # 4. Listeners: kept ones route new connections by the new table.
         fresh = {served.listener.name: served for served in opened}
         for listener in new.listeners:
@@ -163,10 +170,12 @@ class SwitchService(service.MultiService):
         for name in list(self.listeners):
             if name in fresh or name not in {listener.name for listener in new.listeners}:
                 retired = self.listeners.pop(name)
+                self.metrics.unwatch_listener(retired.factory)
                 retired.disownServiceParent()  # stops accepting, drains
         for name, served in fresh.items():
             served.setServiceParent(self)
             self.listeners[name] = served
+            self.metrics.watch_listener(served.factory)
         self.config = new
         log.info("reload: {path} applied: {listeners} listeners ({opened} opened, {closed} "
                  "closing), {targets} targets", path=new.path, listeners=len(new.listeners),

@@ -24,6 +24,7 @@ from twisted.python.failure import Failure
 from switchyard.app.worker import FIRST_LISTENER_FD, LOG_FD
 from switchyard.config import Config, ConfigError, load
 from switchyard.endpoints import SystemdEndpoint
+from switchyard.observe.metrics import NO_METRICS
 from switchyard.relay import internals
 
 # Restart back-off: the first restart of a worker slot waits RESTART_DELAY,
@@ -94,6 +95,8 @@ class WorkerSupervisor(service.Service):
     Stopping (SIGTERM, SIGINT) closes the parent's copies of the sockets,
     sends SIGTERM to every worker and waits for all of them to exit.
     """
+
+    metrics: Any = NO_METRICS  # the parent's /metrics, fed by the workers' reports
 
     def __init__(self, config: Config, count: int, reactor: Any) -> None:
         self.config = config
@@ -381,6 +384,8 @@ class _WorkerProtocol(protocol.ProcessProtocol):
     def _line(self, childFD: int, line: bytes) -> None:
         if not line.strip():
             return
+        if childFD == LOG_FD and self.supervisor.metrics.take(self.worker_id, line):
+            return  # a metrics report, not a log line
         if childFD == LOG_FD:
             event = relay_event(self.worker_id, line)
             if event is not None and event.get("switchyard_worker_ready"):

@@ -87,6 +87,8 @@ def describe(config: Config) -> str:
             lines.extend(f"    {line}" for line in route.target.describe())
         if listener.on_timeout is not None:
             lines.append(f"  on timeout -> {listener.on_timeout.target.name}")
+    if config.metrics is not None:
+        lines.append(f"metrics on {config.metrics} (/metrics)")
     return "\n".join(lines)
 
 
@@ -108,10 +110,14 @@ def makeService(options: Options) -> service.IService:
     if options.workers > 1:
         from switchyard.app.service import StopOnSignals
         from switchyard.app.supervisor import WorkerSupervisor
+        from switchyard.observe.metrics import start_parent_metrics
 
         top = service.MultiService()
         StopOnSignals(reactor).setServiceParent(top)
-        WorkerSupervisor(config, options.workers, reactor).setServiceParent(top)
+        supervisor = WorkerSupervisor(config, options.workers, reactor)
+        # The parent serves /metrics: the sum of its workers' reports.
+        supervisor.metrics = start_parent_metrics(config, top, reactor)
+        supervisor.setServiceParent(top)
     else:
         from switchyard.app.service import switch_service
 

@@ -237,6 +237,10 @@ class BackendTarget:
     def servers(self) -> tuple[Server, ...]:
         return self.pool.servers
 
+    @property
+    def queue_length(self) -> int:
+        return len(self._queue)
+
     def describe(self) -> list[str]:
         return []
 
