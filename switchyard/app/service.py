@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import signal
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attr
 from twisted.application import service
@@ -18,7 +18,11 @@ from switchyard.config import Config, ConfigError, Listener, compile_source, loa
 from switchyard.interfaces import IRunningTarget
 from switchyard.listener import ListenerBooks
 from switchyard.observe.accesslog import AccessLogFile
-from switchyard.observe.metrics import backends_of, start_metrics
+from switchyard.observe.metrics import NO_METRICS, NoMetrics, backends_of
+
+if TYPE_CHECKING:
+    from switchyard.observe.metrics_export import Metrics
+    from switchyard.observe.metrics_workers import WorkerMetrics
 
 log = Logger(namespace="switchyard")
 
@@ -338,3 +342,43 @@ class ListenerService(service.Service):
                  name=self.listener.name, n=len(left))
         for connection in left:
             connection.close("shutdown", "grace period over")
+
+
+# -- metrics: prometheus_client and twisted.web are loaded only when asked --
+
+
+def start_metrics(config: Any, parent: Any, reactor: Any,
+                  worker: bool = False) -> Metrics | NoMetrics:
+    """The metrics of one switching process, if ``config.metrics_endpoint`` is set.
+
+    One process serves ``/metrics`` itself (a service added to ``parent``);
+    a worker reports them to its parent every second instead.
+    """
+    endpoint = getattr(config, "metrics_endpoint", None)
+    if endpoint is None:
+        return NO_METRICS
+    from switchyard.observe.metrics_export import Metrics, MetricsServer
+
+    metrics = Metrics()
+    metrics.watch_backends(backends_of(config))
+    if worker:
+        from switchyard.observe.metrics_workers import WorkerReporter
+
+        WorkerReporter(metrics, reactor).setServiceParent(parent)
+    else:
+        MetricsServer(endpoint, metrics.registry).setServiceParent(parent)
+    return metrics
+
+
+def start_parent_metrics(config: Any, parent: Any, reactor: Any) -> WorkerMetrics | NoMetrics:
+    """The parent of workers serves ``/metrics`` (if ``config.metrics_endpoint`` is
+    set): its own process's metrics and the sum of its workers' reports."""
+    endpoint = getattr(config, "metrics_endpoint", None)
+    if endpoint is None:
+        return NO_METRICS
+    from switchyard.observe.metrics_export import MetricsServer
+    from switchyard.observe.metrics_workers import WorkerMetrics
+
+    merged = WorkerMetrics(reactor)
+    MetricsServer(endpoint, merged.registry).setServiceParent(parent)
+    return merged

@@ -108,9 +108,8 @@ def makeService(options: Options) -> service.IService:
     config = options.compiled
     internals.check()  # logs a line for each part this Twisted cannot run
     if options.workers > 1:
-        from switchyard.app.service import StopOnSignals
+        from switchyard.app.service import StopOnSignals, start_parent_metrics
         from switchyard.app.supervisor import WorkerSupervisor
-        from switchyard.observe.metrics import start_parent_metrics
 
         top = service.MultiService()
         StopOnSignals(reactor).setServiceParent(top)

@@ -1,12 +1,13 @@
-"""What the switch counts for Prometheus, and where metrics are switched on.
+"""What the switch counts for Prometheus, on its hot path.
 
 The switch counts into plain dicts on its hot path (a connection's end, a
 route's choice, a health check): L{SwitchMetrics}. What is state (open
 connections, servers up, queues) is read only when scraped. The
 prometheus_client side (the registry, the families, the ``/metrics``
 server) is in L{switchyard.observe.metrics_export}, imported only when the
-config has ``metrics``: without it the call sites hold L{NO_METRICS} and
-neither prometheus_client nor twisted.web is loaded.
+config has ``metrics`` (L{switchyard.app.service.start_metrics}): without it
+the call sites hold L{NO_METRICS} and neither prometheus_client nor
+twisted.web is loaded.
 
 This module reads the objects it is handed (connections, listener
 factories, backends) by their attributes; it imports none of them.
@@ -16,11 +17,7 @@ from __future__ import annotations
 
 import bisect
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from switchyard.observe.metrics_export import Metrics
-    from switchyard.observe.metrics_workers import WorkerMetrics
+from typing import Any
 
 # Time to decide: from the accept to the route's choice. Most openings are
 # decided within the first packet (well under a millisecond); on_timeout
@@ -145,40 +142,3 @@ def backends_of(config: Any) -> dict[str, Any]:
     """The targets of a config that have servers (backends), by name."""
     return {name: target for name, target in config.targets.items()
             if hasattr(target, "pool")}
-
-
-def start_metrics(config: Any, parent: Any, reactor: Any,
-                  worker: bool = False) -> Metrics | NoMetrics:
-    """The metrics of one switching process, if ``config.metrics_endpoint`` is set.
-
-    One process serves ``/metrics`` itself (a service added to ``parent``);
-    a worker reports them to its parent every second instead.
-    """
-    endpoint = getattr(config, "metrics_endpoint", None)
-    if endpoint is None:
-        return NO_METRICS
-    from switchyard.observe.metrics_export import Metrics, MetricsServer
-
-    metrics = Metrics()
-    metrics.watch_backends(backends_of(config))
-    if worker:
-        from switchyard.observe.metrics_workers import WorkerReporter
-
-        WorkerReporter(metrics, reactor).setServiceParent(parent)
-    else:
-        MetricsServer(endpoint, metrics.registry).setServiceParent(parent)
-    return metrics
-
-
-def start_parent_metrics(config: Any, parent: Any, reactor: Any) -> WorkerMetrics | NoMetrics:
-    """The parent of workers serves ``/metrics`` (if ``config.metrics_endpoint`` is
-    set): its own process's metrics and the sum of its workers' reports."""
-    endpoint = getattr(config, "metrics_endpoint", None)
-    if endpoint is None:
-        return NO_METRICS
-    from switchyard.observe.metrics_export import MetricsServer
-    from switchyard.observe.metrics_workers import WorkerMetrics
-
-    merged = WorkerMetrics(reactor)
-    MetricsServer(endpoint, merged.registry).setServiceParent(parent)
-    return merged
