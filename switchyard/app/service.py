@@ -13,9 +13,10 @@ from twisted.internet import defer
 from twisted.internet.interfaces import IStreamServerEndpoint
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from switchyard.config import Config, ConfigError, Listener, compile_source, load
-from switchyard.interfaces import IRunningTarget
+from switchyard.interfaces import IRunningTarget, IRuntime
 from switchyard.listener import ListenerBooks
 from switchyard.observe.accesslog import AccessLogFile
 from switchyard.observe.metrics import NO_METRICS, NoMetrics, backends_of
@@ -57,13 +58,17 @@ class SwitchService(service.MultiService):
         self.access_log = _access_log(config, reactor)
         # /metrics (or a worker's reports to its parent), bound before the listeners.
         self.metrics = start_metrics(config, self, reactor, worker=endpoints is not None)
-        self.targets = targets_service(config)
+        self.targets = targets_service(config, self._runtime())
         self.targets.setServiceParent(self)
         self.listeners: dict[str, ListenerService] = {}
         for listener in config.listeners:
             if endpoints is not None:
                 listener = attr.evolve(listener, endpoint=endpoints[listener.name])
             self._add_listener(listener)
+
+    def _runtime(self) -> Runtime:
+        return Runtime(self.reactor, self.access_log,
+                       None if isinstance(self.metrics, NoMetrics) else self.metrics)
 
     def _add_listener(self, listener: Listener) -> ListenerService:
         served = ListenerService(listener, self.reactor, self.access_log)
@@ -155,7 +160,7 @@ class SwitchService(service.MultiService):
             self.access_log.reopen()  # the same file again: after logrotate moved it
         # 3. Targets: the new ones take over what the old ones knew (health),
         # start, and the old ones stop running (their open connections go on).
-        targets = targets_service(new)
+        targets = targets_service(new, self._runtime())
         for target in targets.targets:
             previous = old.targets.get(target.name)
             take_over = getattr(target, "take_over", None)
@@ -219,22 +224,32 @@ def _why(e: BaseException) -> str:
     return str(strerror or e)
 
 
-def targets_service(config: Config) -> TargetsService:
+def targets_service(config: Config, runtime: Runtime | None = None) -> TargetsService:
     """One service running every target of ``config`` that has running parts."""
-    return TargetsService([t for t in config.targets.values() if IRunningTarget.providedBy(t)])
+    return TargetsService([t for t in config.targets.values()
+                           if IRunningTarget.providedBy(t)], runtime)
+
+
+@implementer(IRuntime)
+@attr.s(auto_attribs=True)
+class Runtime:
+    reactor: Any
+    access_log: AccessLogFile | None = None
+    metrics: Any = None
 
 
 class TargetsService(service.Service):
     """Runs the parts of every target that run (L{IRunningTarget})."""
 
-    def __init__(self, targets: list[Any]) -> None:
+    def __init__(self, targets: list[Any], runtime: Runtime | None = None) -> None:
         self.targets = targets
+        self.runtime = runtime
         self.setName("targets")
 
     def startService(self) -> None:
         super().startService()
         for target in self.targets:
-            target.start()
+            target.start(self.runtime)
 
     def stopService(self) -> defer.Deferred[Any]:
         super().stopService()

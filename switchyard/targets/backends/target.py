@@ -279,7 +279,7 @@ class BackendTarget:
 
     # -- the service's side ---------------------------------------------
 
-    def start(self) -> None:
+    def start(self, runtime: Any = None) -> None:
         """Start the health checks and DNS discovery (timers on the reactor)."""
         if self.discovery is not None:
             self.discovery.start()
