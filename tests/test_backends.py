@@ -8,7 +8,6 @@ from collections import Counter
 from typing import Any
 
 from twisted.internet import defer, error
-from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
 from twisted.names import dns
 from twisted.names.error import DNSNameError, DNSServerError
@@ -28,100 +27,7 @@ from switchyard.targets.backends.balancing import (
 from switchyard.targets.backends.discovery import Discovered, Found
 from switchyard.targets.backends.health import CheckSpec, HealthChecker
 from switchyard.targets.backends.pool import FULL, Pool
-from tests.fakes import CapturedEvents, HalfCloseableTransport
-
-
-class ClosingTransport(HalfCloseableTransport):
-    """A string transport whose close reaches its protocol at once, as a real one's
-    would a moment later."""
-
-    protocol: Any = None
-
-    def loseConnection(self) -> None:
-        if not self.disconnecting:
-            super().loseConnection()
-            self.protocol.connectionLost(Failure(error.ConnectionDone()))
-
-    abortConnection = loseConnection
-
-
-class FakeEndpoint:
-    """A client endpoint whose connects the test accepts, refuses or leaves hanging."""
-
-    def __init__(self, name: str = "", auto_close: bool = True) -> None:
-        self.name = name
-        self.auto_close = auto_close
-        self.attempts: list[tuple[Any, defer.Deferred[Any]]] = []
-
-    def connect(self, factory: Any) -> defer.Deferred[Any]:
-        d: defer.Deferred[Any] = defer.Deferred(lambda d: d.errback(
-            Failure(error.ConnectingCancelledError(None))))
-        self.attempts.append((factory, d))
-        return d
-
-    def accept(self, index: int = -1) -> Any:
-        factory, d = self.attempts[index]
-        protocol = factory.buildProtocol(None)
-        transport = ClosingTransport() if self.auto_close else HalfCloseableTransport()
-        transport.protocol = protocol
-        protocol.makeConnection(transport)
-        d.callback(protocol)
-        return protocol
-
-    def refuse(self, index: int = -1) -> None:
-        self.attempts[index][1].errback(Failure(error.ConnectionRefusedError("refused")))
-
-
-class FakeConnection:
-    """What the switch offers a target, recording what the target does."""
-
-    def __init__(self, reactor: Any, client: str = "192.0.2.7") -> None:
-        self.reactor = reactor
-        self.facts: dict[str, Any] = {}
-        self.client_address = IPv4Address("TCP", client, 40000)
-        self.local_address = IPv4Address("TCP", "127.0.0.1", 443)
-        self.buffered = b"opening"
-        self.pending: Any = None
-        self.closing = False
-        self.servers: list[str] = []
-        self.spliced: list[tuple[Any, bytes]] = []
-        self.closed: tuple[str, str] | None = None
-        self.lost: list[Any] = []
-
-    def set_server(self, description: str) -> None:
-        self.servers.append(description)
-
-    def splice(self, peer: Any, prefix: bytes = b"") -> None:
-        self.spliced.append((peer, prefix))
-
-    def takes_socket(self) -> bool:
-        return False  # these servers are fake endpoints, never bare sockets
-
-    def splice_socket(self, sock: Any, prefix: bytes, release: Any) -> None:
-        raise AssertionError("not offered")
-
-    def peer_data(self, data: bytes) -> None:
-        pass
-
-    def peer_eof(self) -> None:
-        pass
-
-    def peer_lost(self, reason: Any, why: str | None = None) -> None:
-        self.lost.append(reason)
-
-    def close(self, reason: str, detail: str = "", reply: bytes = b"") -> None:
-        if self.closing:
-            return
-        self.closed = (reason, detail)
-        self.closing = True
-        if self.pending is not None:
-            self.pending.cancel()
-
-    def leave(self) -> None:
-        """The client goes away, as SwitchProtocol.connectionLost does it."""
-        self.closing = True
-        if self.pending is not None:
-            self.pending.cancel()
+from tests.fakes import CapturedEvents, FakeConnection, FakeEndpoint
 
 
 def make_target(reactor: Clock, specs: list[dict[str, Any]], balancer: Any = None,
