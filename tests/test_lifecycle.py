@@ -197,7 +197,7 @@ class LifecycleTests(unittest.TestCase):
         self.start()
         with self.connect() as s:
             s.sendall(b"QUIET")
-            # The listener's idle timeout (300 s) would outlast the socket's.
+            # The listener's idle timeout (600 s) would outlast the socket's.
             self.assertEqual(traffic.recv_all(s), b"QUIET")
         log = log_after(self.switchyard, "idle_timeout")
         self.assertRegex(log, r"main/quiet -> .*close=idle_timeout")
