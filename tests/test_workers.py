@@ -25,7 +25,8 @@ from switchyard.app import supervisor, worker
 from switchyard.config import ConfigError, compile_config
 from tests import traffic
 from tests.daemon import TWISTD, env, run_twistd, write_config
-from tests.peers import Running, free_port, make_ca, start_process
+from tests.helpers import WAIT, free_port, recv_exact, wait_for
+from tests.peers import Running, make_ca, start_process
 
 CONFIG = """
 workers = {workers}
@@ -114,17 +115,16 @@ class WorkerTests(unittest.TestCase):
         self.switchyard: Running = start_process(self, argv, self.port, workdir, env=env(),
                                                  log_files=[self.log_file])
 
-    def wait_log(self, pattern: str, count: int = 1, timeout: float = 15) -> list[Any]:
+    def wait_log(self, pattern: str, count: int = 1, timeout: float = WAIT) -> list[Any]:
         """Wait until ``pattern`` (a regex) matches ``count`` times; return the matches."""
-        deadline = time.monotonic() + timeout
-        while True:
-            found = re.findall(pattern, self.switchyard.log_text())
-            if len(found) >= count:
-                return found
-            if time.monotonic() > deadline:
-                self.fail(f"{pattern!r} seen {len(found)} times, not {count}:\n"
-                          + self.switchyard.log_text())
-            time.sleep(0.05)
+        def found() -> list[Any]:
+            matches = re.findall(pattern, self.switchyard.log_text())
+            return matches if len(matches) >= count else []
+
+        try:
+            return wait_for(found, f"{pattern!r} {count} times", timeout)
+        except AssertionError as e:
+            self.fail(f"{e}:\n{self.switchyard.log_text()}")
 
     def worker_pids(self) -> dict[int, int]:
         """The pid of each worker id, the latest start winning."""
@@ -133,8 +133,13 @@ class WorkerTests(unittest.TestCase):
         return {int(k): int(pid) for k, pid in started}
 
     def ready(self, count: int = 2) -> dict[int, int]:
+        """Once ``count`` workers said they are ready: the pid of each, all running."""
         self.wait_log(r"\[worker \d+\] ready \(pid", count)
-        return self.worker_pids()
+        pids = self.worker_pids()
+        self.assertEqual(sorted(pids), list(range(1, count + 1)), self.switchyard.log_text())
+        for worker_id, pid in pids.items():
+            self.assertTrue(_pid_exists(pid), f"worker {worker_id} (pid {pid}) is not running")
+        return pids
 
     def unix_echo(self, data: bytes) -> bytes:
         with socket.socket(socket.AF_UNIX) as s:
@@ -208,11 +213,12 @@ class WorkerTests(unittest.TestCase):
         for t in threads:
             t.start()
         try:
-            time.sleep(0.5)
+            wait_for(lambda: sum(ok for _, _, ok in outcomes) >= 4, "exchanges under way")
             killed_at = time.monotonic()
             os.kill(pids[1], signal.SIGKILL)
             self.wait_log(rf"worker 1 \(pid {pids[1]}\) died unexpectedly after [\d.]+s: "
                           r"killed by SIGKILL; restarting it in [\d.]+s")
+            reaped_at = time.monotonic()  # the parent has reaped it: it accepts no more
             restarted = self.wait_log(r"worker 1 restarted \(pid (\d+)\)")
             self.wait_log(r"\[worker 1\] ready \(pid", 2)
             ready_at = time.monotonic()
@@ -230,7 +236,7 @@ class WorkerTests(unittest.TestCase):
         # Only what was in flight on the killed worker may fail: one per client.
         self.assertLessEqual(len(failed), len(threads), outcomes)
         for started, _, _ in failed:
-            self.assertLess(started, killed_at + 0.1)
+            self.assertLess(started, reaped_at, outcomes)
         during = [o for o in outcomes if killed_at < o[0] and o[1] < ready_at and o[2]]
         self.assertTrue(during, f"nothing was served while worker 1 restarted: {outcomes}")
 
@@ -239,21 +245,28 @@ class WorkerTests(unittest.TestCase):
         pids = self.ready(2)
         results: list[bytes] = []
 
+        receiving: list[bool] = []
+
         def transfer() -> None:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=20) as s:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=WAIT) as s:
                 s.sendall(b"SLOW please")
-                results.append(traffic.recv_all(s))
+                first = recv_exact(s, 1000)
+                receiving.append(True)
+                results.append(first + traffic.recv_all(s))
 
         clients = [threading.Thread(target=transfer) for _ in range(4)]
         for c in clients:
             c.start()
-        time.sleep(0.5)
+        wait_for(lambda: len(receiving) == 4, "four transfers under way")
         self.switchyard.process.send_signal(signal.SIGTERM)
-        time.sleep(0.5)
+
+        def refused() -> bool:
+            with socket.socket() as probe:
+                return probe.connect_ex(("127.0.0.1", self.port)) != 0
+
         # No new connections once stopping, on either listener...
-        with socket.socket() as probe:
-            self.assertNotEqual(probe.connect_ex(("127.0.0.1", self.port)), 0)
-        self.assertFalse(os.path.exists(self.socket_path))
+        wait_for(refused, "the listening port to close")
+        wait_for(lambda: not os.path.exists(self.socket_path), "the unix socket file to go")
         for c in clients:
             c.join(20)
         # ...but every transfer in flight completed, intact.
@@ -273,13 +286,11 @@ class WorkerTests(unittest.TestCase):
 
     def test_workersStopWhenTheParentDies(self) -> None:
         self.start(workers=2)
-        pids = self.ready(2)
+        pids = self.ready(2)  # two running workers, by pid
         self.switchyard.process.send_signal(signal.SIGKILL)
-        self.switchyard.process.wait(10)
-        deadline = time.monotonic() + 10
-        while any(_pid_exists(pid) for pid in pids.values()):
-            self.assertLess(time.monotonic(), deadline, f"orphaned workers: {pids}")
-            time.sleep(0.05)
+        self.switchyard.process.wait(WAIT)
+        wait_for(lambda: not any(_pid_exists(pid) for pid in pids.values()),
+                 f"the orphaned workers {pids} to exit")
 
     def test_sighupReachesEveryWorker(self) -> None:
         self.start(workers=2)
