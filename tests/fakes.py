@@ -15,14 +15,19 @@ from twisted.logger import globalLogPublisher
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from switchyard.config import Listener, Route
 from switchyard.interfaces import (
+    NEED_MORE,
+    NO,
     IConnection,
     IMatcher,
     IMatcherFactory,
     IRelayBooks,
     ITarget,
+    Match,
     MatchResult,
 )
+from switchyard.networks import parse_networks
 
 
 @implementer(IMatcher)
@@ -66,6 +71,9 @@ class RecordingTarget:
         self.splice = splice
         self.attached: list[Any] = []
         self.peers: list[HalfCloseableTransport] = []
+
+    def describe(self) -> list[str]:
+        return []
 
     def attach(self, connection: Any) -> None:
         self.attached.append(connection)
@@ -225,6 +233,32 @@ class FakeEndpoint:
 
     def refuse(self, index: int = -1) -> None:
         self.attempts[index][1].errback(Failure(error.ConnectionRefusedError("refused")))
+
+
+def need(n: int, facts: dict[str, Any] | None = None) -> Callable[[bytes], MatchResult]:
+    """Match once ``n`` bytes are there; NEED_MORE before."""
+    return lambda data: Match(facts or {}) if len(data) >= n else NEED_MORE
+
+
+def never(data: bytes) -> MatchResult:
+    return NO
+
+
+def make_listener(routes: list[tuple[str, Callable[[bytes], MatchResult], Any]],
+                  on_timeout: Any = None, **kw: Any) -> Listener:
+    """A listener whose routes are (name, decide, target): scripted matchers."""
+    compiled = tuple(Route(name=name, matcher=ScriptedMatcher(decide), match=name, target=t)
+                     for name, decide, t in routes)
+    timeout_route = None
+    if on_timeout is not None:
+        timeout_route = Route(name="on_timeout", matcher=ScriptedMatcher(never),
+                              match="on_timeout", target=on_timeout)
+    return Listener(name="test", listen="tcp:0", endpoint=None, routes=compiled,
+                    inspect_timeout=kw.get("inspect_timeout", 5.0),
+                    max_sniff_bytes=kw.get("max_sniff_bytes", 16384),
+                    on_timeout=timeout_route, idle_timeout=kw.get("idle_timeout", 60.0),
+                    accept_proxy=parse_networks("accept_proxy", kw["accept_proxy"])
+                    if "accept_proxy" in kw else ())
 
 
 class CapturedEvents:

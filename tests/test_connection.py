@@ -3,44 +3,18 @@ access rules and log events, driven with fakes."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 from twisted.internet.testing import MemoryReactorClock
 from twisted.trial import unittest
 
-from switchyard.config import Listener, Route
+from switchyard.config import Listener
 from switchyard.connection import TRANSITIONS, State
 from switchyard.interfaces import NEED_MORE, NO, Match, MatchResult
 from switchyard.listener import ListenerBooks
 from switchyard.networks import access_rule, parse_networks
-from tests.fakes import CapturedEvents, RecordingTarget, ScriptedMatcher, connect
+from tests.fakes import CapturedEvents, RecordingTarget, connect, make_listener, need, never
 from tests.openings import vector
-
-
-def need(n: int, facts: dict[str, Any] | None = None) -> Callable[[bytes], MatchResult]:
-    """Match once ``n`` bytes are there; NEED_MORE before."""
-    return lambda data: Match(facts or {}) if len(data) >= n else NEED_MORE
-
-
-def never(data: bytes) -> MatchResult:
-    return NO
-
-
-def make_listener(routes: list[tuple[str, Callable[[bytes], MatchResult], Any]],
-                  on_timeout: Any = None, **kw: Any) -> Listener:
-    compiled = tuple(Route(name=name, matcher=ScriptedMatcher(decide), match=name, target=t)
-                     for name, decide, t in routes)
-    timeout_route = None
-    if on_timeout is not None:
-        timeout_route = Route(name="on_timeout", matcher=ScriptedMatcher(never),
-                              match="on_timeout", target=on_timeout)
-    return Listener(name="test", listen="tcp:0", endpoint=None, routes=compiled,
-                    inspect_timeout=kw.get("inspect_timeout", 5.0),
-                    max_sniff_bytes=kw.get("max_sniff_bytes", 16384),
-                    on_timeout=timeout_route, idle_timeout=kw.get("idle_timeout", 60.0),
-                    accept_proxy=parse_networks("accept_proxy", kw["accept_proxy"])
-                    if "accept_proxy" in kw else ())
 
 
 class SniffOrderTests(unittest.TestCase):
