@@ -10,6 +10,7 @@ from typing import Any
 from twisted.internet import defer, error
 from twisted.internet.address import IPv4Address
 from twisted.internet.interfaces import IStreamClientEndpoint
+from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.logger import globalLogPublisher
 from twisted.python.failure import Failure
@@ -28,6 +29,10 @@ from switchyard.interfaces import (
     MatchResult,
 )
 from switchyard.networks import parse_networks
+from switchyard.targets.backends import BackendTarget, Server
+from switchyard.targets.backends.balancing import RoundRobin
+from switchyard.targets.backends.health import CheckSpec, HealthChecker
+from switchyard.targets.backends.pool import Pool
 
 
 @implementer(IMatcher)
@@ -259,6 +264,25 @@ def make_listener(routes: list[tuple[str, Callable[[bytes], MatchResult], Any]],
                     on_timeout=timeout_route, idle_timeout=kw.get("idle_timeout", 60.0),
                     accept_proxy=parse_networks("accept_proxy", kw["accept_proxy"])
                     if "accept_proxy" in kw else ())
+
+
+def make_target(reactor: Clock, specs: list[dict[str, Any]], balancer: Any = None,
+                checker: CheckSpec | None = None,
+                **options: Any) -> tuple[BackendTarget, list[FakeEndpoint]]:
+    """A backend target over one FakeEndpoint per spec (Server options)."""
+    endpoints = []
+    entries = []
+    for i, spec in enumerate(specs):
+        ep = FakeEndpoint(f"s{i}")
+        endpoints.append(ep)
+        entries.append([Server(f"s{i}", ep, checked=checker is not None, **spec)])
+    pool_options = {k: options.pop(k) for k in ("all_backups", "passive_failures",
+                                                "passive_down_time") if k in options}
+    pool = Pool("b", entries, balancer or RoundRobin(), reactor, **pool_options)
+    health = HealthChecker(pool, checker, reactor) if checker is not None else None
+    return BackendTarget("b", pool, reactor=reactor, checker=health, **options), endpoints
+
+
 
 
 class CapturedEvents:
