@@ -106,7 +106,9 @@ class LifecycleTests(unittest.TestCase):
             with socket.socket() as probe:
                 return probe.connect_ex(("127.0.0.1", self.port)) != 0
 
-        # No new connections once stopping...
+        # No new connections once stopping (probed once the open ones were
+        # counted: a probe must not be one of them)...
+        log_after(self.switchyard, "stopped accepting")
         wait_for(refused, "the listening port to close")
         for c in clients:
             c.join(WAIT)

@@ -257,7 +257,9 @@ class WorkerTests(unittest.TestCase):
             with socket.socket() as probe:
                 return probe.connect_ex(("127.0.0.1", self.port)) != 0
 
-        # No new connections once stopping, on either listener...
+        # No new connections once stopping, on either listener (probed once
+        # the open ones were counted: a probe must not be one of them)...
+        self.wait_log(r"listener main: stopped accepting", 2)
         wait_for(refused, "the listening port to close")
         wait_for(lambda: not os.path.exists(self.socket_path), "the unix socket file to go")
         for c in clients:
