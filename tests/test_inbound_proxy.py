@@ -10,7 +10,7 @@ from twisted.trial import unittest
 
 from tests import traffic
 from tests.daemon import log_after, start_switchyard
-from tests.helpers import WAIT, client_port, free_port
+from tests.helpers import WAIT, client_port, free_port, wait_for
 from tests.peers import start_haproxy, start_nginx
 
 HAPROXY = """
@@ -127,7 +127,8 @@ class InboundProxyTests(unittest.TestCase):
         self.assertEqual(self.echo("127.0.0.1"), b"ECHO hello")
         self.assertEqual(self.echo("127.0.0.2"), b"")
         self.assertEqual(self.echo("127.0.0.3"), b"ECHO hello")
-        log = log_after(self.switchyard, "close=denied")
+        log = wait_for(lambda: (text := self.switchyard.log_text()).count(
+            " office/not-from-two -> ") >= 3 and text, "three access lines")
         self.assertRegex(log, r"127\.0\.0\.2:\d+ office/not-from-two -> - .* in=10 out=0 "
                               r"[\d.]+s relay=- close=denied "
                               r"\(client 127\.0\.0\.2 is not allowed on route not-from-two\)")

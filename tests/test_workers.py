@@ -259,7 +259,7 @@ class WorkerTests(unittest.TestCase):
 
         # No new connections once stopping, on either listener (probed once
         # the open ones were counted: a probe must not be one of them)...
-        self.wait_log(r"listener main: stopped accepting", 2)
+        self.wait_log(r"listener main: stopped", 2)  # "stopped accepting; N open..." or "stopped"
         wait_for(refused, "the listening port to close")
         wait_for(lambda: not os.path.exists(self.socket_path), "the unix socket file to go")
         for c in clients:
