@@ -42,8 +42,8 @@ from switchyard.observe.metrics import NO_METRICS, SwitchMetrics, backends_of
 from switchyard.observe.metrics_export import Metrics, MetricsServer
 from switchyard.observe.metrics_workers import STALE_AFTER, WorkerMetrics, WorkerReporter
 from tests.daemon import run_twistd, write_config
-from tests.fakes import RecordingTarget, connect
-from tests.test_switch_logic import _done, anything, make_listener, need, never
+from tests.fakes import RecordingTarget, connect, make_listener, need, never
+from tests.test_connection import _done, anything
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
