@@ -46,7 +46,7 @@ sys.path.insert(0, str(REPO))
 BASELINE = "direct"
 PROXIES = ("switchyard", "haproxy", "haproxy-splice", "nginx", "sslh-select", "sslh-fork")
 PEERS = (BASELINE, *PROXIES)
-SCENARIOS = ("bulk", "close", "keepalive", "memory", "sniff")
+SCENARIOS = ("bulk", "close", "keepalive", "syscalls", "memory", "sniff")
 
 # Held-connection caps for the memory scenario, per peer. Per-connection
 # cost is linear, so a figure at fewer connections still compares.
@@ -193,6 +193,41 @@ def memory_kib(sid: int) -> tuple[int, int]:
         except OSError:
             pass  # exited between the listing and the read
     return rss, pss
+
+
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(sid: int) -> tuple[float, float]:
+    """User and system CPU seconds used so far by session ``sid``: every live
+    process (all its threads), plus the children it has reaped (sslh-fork's
+    per-connection processes), from /proc/PID/stat."""
+    user = system = 0
+    for pid in session_pids(sid):
+        try:
+            text = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            continue  # exited between the listing and the read
+        fields = text[text.rindex(")") + 2:].split()
+        # utime, stime, cutime, cstime: fields 14 to 17 (state is field 3).
+        user += int(fields[11]) + int(fields[13])
+        system += int(fields[12]) + int(fields[14])
+    return user / _CLOCK_TICKS, system / _CLOCK_TICKS
+
+
+@contextmanager
+def cpu_used(sid: int | None) -> Iterator[dict[str, float]]:
+    """The user and system CPU seconds session ``sid`` spends inside the block
+    (nothing for None: the direct baseline has no proxy)."""
+    used: dict[str, float] = {}
+    before = cpu_seconds(sid) if sid is not None else None
+    try:
+        yield used
+    finally:
+        if before is not None and sid is not None:
+            after = cpu_seconds(sid)
+            used["user_s"] = after[0] - before[0]
+            used["system_s"] = after[1] - before[1]
 
 
 class Processes:
@@ -553,21 +588,56 @@ def median_or_none(samples: Sequence[float | None]) -> float | None:
 # -- scenario 1: bulk throughput -------------------------------------------
 
 
-def iperf(port: int, seconds: int, streams: int) -> tuple[float | None, str]:
-    """Gbit/s received by the iperf3 server through ``port``, and an error if any."""
+def iperf(port: int, seconds: int, streams: int) -> dict[str, Any]:
+    """Gbit/s and bytes received by the iperf3 server through ``port``, or an error."""
     argv = ["iperf3", "-c", HOST, "-p", str(port), "-t", str(seconds), "-P", str(streams),
             "-J", "--connect-timeout", "5000"]
     try:
         out = subprocess.run(argv, capture_output=True, timeout=seconds + 30, text=True)
     except subprocess.TimeoutExpired:
-        return None, "iperf3 timed out"
+        return {"error": "iperf3 timed out"}
     try:
         report = json.loads(out.stdout)
     except json.JSONDecodeError:
-        return None, (out.stderr or out.stdout).strip()[:200] or f"iperf3 exit {out.returncode}"
+        return {"error": (out.stderr or out.stdout).strip()[:200]
+                or f"iperf3 exit {out.returncode}"}
     if "error" in report:
-        return None, str(report["error"])[:200]
-    return report["end"]["sum_received"]["bits_per_second"] / 1e9, ""
+        return {"error": str(report["error"])[:200]}
+    received = report["end"]["sum_received"]
+    return {"gbps": received["bits_per_second"] / 1e9, "bytes": received["bytes"]}
+
+
+# -- CPU per unit of work ----------------------------------------------------
+# Rates depend on the machine and on what else runs on it; the CPU a proxy
+# spends on one unit of work (a new connection, a request, a gigabyte) carries
+# from one machine to another far better.
+
+
+def cpu_figures(scenario: str, what: str, unit: str, per: str, scale: float,
+                samples: Mapping[str, Sequence[Mapping[str, Any]]],
+                count_key: str) -> list[Figure]:
+    """CPU (user + system, and system alone) per unit of work, for each peer:
+    the median over rounds of CPU seconds x ``scale`` / ``sample[count_key]``."""
+    total = Figure(scenario, f"{what}: CPU per {per}", unit, "lower")
+    system = Figure(scenario, f"{what}: system CPU per {per}", unit, "lower")
+    for peer, runs in samples.items():
+        totals, systems = [], []
+        for run in runs:
+            count = run.get(count_key)
+            if "user_s" not in run or not count:
+                continue
+            totals.append((run["user_s"] + run["system_s"]) * scale / count)
+            systems.append(run["system_s"] * scale / count)
+        if totals:
+            total.values[peer] = statistics.median(totals)
+            system.values[peer] = statistics.median(systems)
+    return [total, system]
+
+
+def proxy_sids(procs: Processes, ports: Mapping[str, int]) -> dict[str, int | None]:
+    """Each peer's session id (its processes' CPU is measured); None for direct."""
+    return {peer: procs.started[peer].pid if peer in procs.started else None
+            for peer in ports}
 
 
 def scenario_bulk(s: Settings, procs: Processes, taken: set[int], decoy: int) -> list[Figure]:
@@ -575,22 +645,26 @@ def scenario_bulk(s: Settings, procs: Processes, taken: set[int], decoy: int) ->
     start_iperf_server(procs, backend)
     ports, broken = start_proxies(procs, s, Routes(decoy=decoy, http=decoy, other=backend),
                                   taken)
+    sids = proxy_sids(procs, ports)
     figures = []
     for streams in (1, 4):
-        fig = Figure("bulk", f"bulk, {streams} stream{'s' if streams > 1 else ''}",
-                     "Gbit/s", "higher")
-        samples: dict[str, list[float | None]] = {p: [] for p in ports}
+        what = f"bulk, {streams} stream{'s' if streams > 1 else ''}"
+        fig = Figure("bulk", what, "Gbit/s", "higher")
+        samples: dict[str, list[dict[str, Any]]] = {p: [] for p in ports}
         for _ in range(s.rounds):
             for peer, port in ports.items():
                 print(f"  bulk {streams}x {peer} ...", flush=True)
-                value, error = iperf(port, s.iperf_seconds, streams)
-                samples[peer].append(value)
-                if error:
-                    fig.notes[peer] = error
+                with cpu_used(sids[peer]) as used:
+                    result = iperf(port, s.iperf_seconds, streams)
+                samples[peer].append(result | used)
+                if "error" in result:
+                    fig.notes[peer] = result["error"]
                 time.sleep(0.5)
-        fig.values = {p: median_or_none(v) for p, v in samples.items()}
+        fig.values = {p: median_or_none([r.get("gbps") for r in v]) for p, v in samples.items()}
         fig.raw = {"samples": samples}
         figures.append(fig)
+        # Milliseconds of CPU per gigabyte received (1e9 bytes).
+        figures += cpu_figures("bulk", what, "ms", "GB", 1e3 * 1e9, samples, "bytes")
     note_broken(figures, broken)
     return figures
 
@@ -612,6 +686,8 @@ def wrk(port: int, seconds: int, close: bool) -> dict[str, Any]:
     result: dict[str, Any] = {}
     if m := re.search(r"^Requests/sec:\s+([\d.]+)", out, re.M):
         result["rps"] = float(m.group(1))
+    if m := re.search(r"^\s*(\d+) requests in ", out, re.M):
+        result["requests"] = int(m.group(1))
     for pct in ("50", "99"):
         if m := re.search(rf"^\s+{pct}%\s+([\d.]+)(us|ms|s|m)\s*$", out, re.M):
             result[f"p{pct}_ms"] = float(m.group(1)) * _UNITS[m.group(2)]
@@ -654,6 +730,7 @@ def scenario_http(s: Settings, procs: Processes, taken: set[int], decoy: int,
     p99 = Figure(name, f"{what}: p99 latency", "ms", "lower")
     samples: dict[str, list[dict[str, Any]]] = {p: [] for p in ports}
     broken: dict[str, str] = {}
+    sids = proxy_sids(procs, ports)
     for peer, port in ports.items():
         if problem := check_http(port):
             broken[peer] = problem
@@ -662,7 +739,9 @@ def scenario_http(s: Settings, procs: Processes, taken: set[int], decoy: int,
             if peer in broken:
                 continue
             print(f"  {name} {peer} ...", flush=True)
-            samples[peer].append(wrk(port, s.wrk_seconds, close))
+            with cpu_used(sids[peer]) as used:
+                result = wrk(port, s.wrk_seconds, close)
+            samples[peer].append(result | used)
             time.sleep(1)  # let the previous peer's closing connections drain
     for peer in ports:
         runs = samples[peer]
@@ -672,8 +751,100 @@ def scenario_http(s: Settings, procs: Processes, taken: set[int], decoy: int,
             if note:
                 fig.notes[peer] = note
     rps.raw = {"samples": samples}
-    note_broken([rps, p50, p99], failed)
-    return [rps, p50, p99]
+    # CPU per request: with Connection: close, each request is a new
+    # proxied connection (accept, sniff, connect, relay, close).
+    cpu = cpu_figures(name, what, "µs", "new connection" if close else "request", 1e6,
+                      {p: r for p, r in samples.items() if p not in broken}, "requests")
+    figures = [rps, p50, p99, *cpu]
+    note_broken(figures, failed)
+    return figures
+
+
+# -- scenario: system calls per unit of work ---------------------------------
+
+
+def threads_of(sid: int) -> list[int]:
+    """Every thread of every process of session ``sid``."""
+    tids = []
+    for pid in session_pids(sid):
+        try:
+            tids += [int(t) for t in os.listdir(f"/proc/{pid}/task")]
+        except OSError:
+            pass
+    return tids
+
+
+def strace_summary(path: Path) -> dict[str, int]:
+    """Calls per system call from ``strace -c`` output (its "total" line as "total")."""
+    calls: dict[str, int] = {}
+    try:
+        lines = path.read_text().splitlines()
+    except OSError:
+        return calls
+    for line in lines:
+        fields = line.split()
+        # % time, seconds, usecs/call, calls, [errors,] syscall
+        if len(fields) >= 5 and fields[3].isdigit():
+            calls[fields[-1]] = int(fields[3])
+    return calls
+
+
+def syscalls_per_request(sid: int, port: int, seconds: int, close: bool,
+                         out: Path) -> dict[str, Any]:
+    """Run wrk against ``port`` with every thread of session ``sid`` under
+    ``strace -c -f``: the proxy's system calls per request."""
+    argv = ["strace", "-c", "-f", "-q", "-o", str(out)]
+    for tid in threads_of(sid):
+        argv += ["-p", str(tid)]
+    tracer = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        time.sleep(1)  # attached to every thread
+        result = wrk(port, seconds, close)
+    finally:
+        tracer.send_signal(signal.SIGINT)  # detach: strace writes its summary
+        try:
+            tracer.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            tracer.kill()
+            tracer.wait()
+    calls = strace_summary(out)
+    requests = result.get("requests")
+    if not requests or "total" not in calls:
+        return {"error": result.get("error") or "strace gave no summary"}
+    return {"requests": requests, "per_request": calls["total"] / requests,
+            "top": {name: round(n / requests, 2) for name, n in
+                    sorted(calls.items(), key=lambda kv: -kv[1]) if name != "total"}}
+
+
+def scenario_syscalls(s: Settings, procs: Processes, taken: set[int],
+                      decoy: int) -> list[Figure]:
+    """System calls per new connection and per keep-alive request, every
+    proxy under ``strace -c -f`` (slowed down by it: the counts are what
+    matters, and they hardly depend on the speed)."""
+    web = free_port(taken)
+    start_web_backend(procs, s.workdir, web)
+    s_proxies = dataclasses.replace(s, peers=tuple(p for p in s.peers if p != BASELINE))
+    ports, failed = start_proxies(procs, s_proxies, Routes(decoy=decoy, http=web, other=decoy),
+                                  taken)
+    figures = []
+    seconds = 2 if s.quick else 4
+    for close in (True, False):
+        per = "new connection" if close else "keep-alive request"
+        fig = Figure("syscalls", f"system calls per {per}", "calls", "lower")
+        for peer, port in ports.items():
+            print(f"  syscalls {'close' if close else 'keepalive'} {peer} ...", flush=True)
+            out = s.workdir / f"strace-{peer}-{'close' if close else 'keepalive'}.txt"
+            result = syscalls_per_request(procs.started[peer].pid, port, seconds, close, out)
+            if "error" in result:
+                fig.notes[peer] = result["error"]
+            else:
+                fig.values[peer] = result["per_request"]
+            fig.raw[peer] = result
+            time.sleep(1)
+        figures.append(fig)
+    note_broken(figures, failed)
+    return figures
 
 
 # -- scenario 4: memory per held connection --------------------------------
@@ -1102,6 +1273,8 @@ def run_scenario(s: Settings, name: str) -> list[Figure]:
             return scenario_bulk(s, procs, taken, decoy)
         if name in ("close", "keepalive"):
             return scenario_http(s, procs, taken, decoy, close=name == "close")
+        if name == "syscalls":
+            return scenario_syscalls(s, procs, taken, decoy)
         return scenario_memory(s, procs, taken, decoy)
 
 
