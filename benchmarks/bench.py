@@ -44,7 +44,8 @@ HOST = "127.0.0.1"  # the only address anything here listens on or connects to
 sys.path.insert(0, str(REPO))
 
 BASELINE = "direct"
-PROXIES = ("switchyard", "haproxy", "haproxy-splice", "nginx", "sslh-select", "sslh-fork")
+PROXIES = ("switchyard", "haproxy", "haproxy-splice", "nginx", "sslh-select", "sslh-fork",
+           "python-floor")
 PEERS = (BASELINE, *PROXIES)
 SCENARIOS = ("bulk", "close", "keepalive", "syscalls", "memory", "sniff")
 
@@ -528,6 +529,14 @@ def start_sslh(procs: Processes, name: str, port: int, routes: Routes) -> None:
     wait_listening(port, proc, procs, name)
 
 
+def start_floor(procs: Processes, port: int, routes: Routes) -> None:
+    """benchmarks/floor.py: a featureless Python forwarder to the scenario's
+    plain backend (no sniffing, no routes): Python's floor on this path."""
+    proc = procs.start("python-floor", [sys.executable, str(HERE / "floor.py"), str(port),
+                                        str(routes.plain)])
+    wait_listening(port, proc, procs, "python-floor")
+
+
 def start_proxies(procs: Processes, s: Settings, routes: Routes,
                   taken: set[int]) -> tuple[dict[str, int], dict[str, str]]:
     """Start every selected proxy.
@@ -549,6 +558,8 @@ def start_proxies(procs: Processes, s: Settings, routes: Routes,
                 start_haproxy(procs, s, peer, port, routes, splice=peer == "haproxy-splice")
             elif peer == "nginx":
                 start_nginx_stream(procs, s, port, routes)
+            elif peer == "python-floor":
+                start_floor(procs, port, routes)
             else:
                 start_sslh(procs, peer, port, routes)
         except RuntimeError as e:
