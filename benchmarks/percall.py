@@ -44,7 +44,7 @@ import bench  # noqa: E402
 
 HOST = bench.HOST
 REQUEST = f"GET {bench.WEB_PATH} HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n".encode()
-WHAT = ("cpu", "calls", "syscalls", "instructions")
+WHAT = ("cpu", "calls", "syscalls", "instructions", "garbage")
 
 
 # -- the proxy's side: runs in the measured process ---------------------------
@@ -54,9 +54,10 @@ class Meter:
     """Started by SIGUSR1, stopped by SIGUSR2 (then it writes its report and
     the process exits): CPU from getrusage, Python calls from cProfile."""
 
-    def __init__(self, report: Path, calls: bool, stop: Any) -> None:
+    def __init__(self, report: Path, calls: bool, stop: Any, garbage: bool = False) -> None:
         self.report = report
         self.calls = calls
+        self.garbage = garbage
         self.stop = stop
         self.profile: Any = None
         self.before: Any = None
@@ -69,6 +70,14 @@ class Meter:
 
             self.profile = cProfile.Profile()
             self.profile.enable()
+        if self.garbage:
+            import gc
+
+            gc.collect()
+            gc.set_debug(gc.DEBUG_SAVEALL)
+        import gc
+
+        self.gc_before = [s["collections"] for s in gc.get_stats()]
         self.before = resource.getrusage(resource.RUSAGE_SELF)
         print("measuring", flush=True)
 
@@ -78,6 +87,18 @@ class Meter:
                                "system_s": after.ru_stime - self.before.ru_stime,
                                "minor_faults": after.ru_minflt - self.before.ru_minflt,
                                "voluntary_switches": after.ru_nvcsw - self.before.ru_nvcsw}
+        import gc
+
+        out["gc_collections"] = [s["collections"] - b for s, b in
+                                 zip(gc.get_stats(), self.gc_before)]
+        if self.garbage:
+            import collections
+            import gc
+
+            gc.collect()
+            kinds = collections.Counter(type(o).__qualname__ for o in gc.garbage)
+            out["garbage"] = kinds.most_common(40)
+            out["collections"] = gc.get_stats()
         if self.profile is not None:
             import pstats
 
@@ -101,7 +122,7 @@ def _short(path: str) -> str:
     return path
 
 
-def serve_switchyard(config: Path, report: Path, calls: bool) -> None:
+def serve_switchyard(config: Path, report: Path, calls: bool, garbage: bool = False) -> None:
     from switchyard.relay.reactor import install
 
     reactor = install()
@@ -111,7 +132,7 @@ def serve_switchyard(config: Path, report: Path, calls: bool) -> None:
     service = switch_service(load(str(config), reactor), reactor)
     service.privilegedStartService()
     service.startService()
-    Meter(report, calls, lambda: reactor.callLater(0, reactor.stop))
+    Meter(report, calls, lambda: reactor.callLater(0, reactor.stop), garbage)
     # switchyard's own log lines (start-up) to stdout.
     from twisted.logger import globalLogBeginner, textFileLogObserver
 
@@ -207,6 +228,8 @@ def measure(a: argparse.Namespace, what: str, workdir: Path, web: int, port: int
     argv = [sys.executable, str(Path(__file__).resolve()), *serve, "--report", str(report)]
     if what == "calls":
         argv.append("--calls")
+    if what == "garbage":
+        argv.append("--garbage")
     callgrind_out = workdir / "callgrind.out"
     if what == "instructions":
         argv = ["valgrind", "--tool=callgrind", "--instr-atstart=no",
@@ -253,7 +276,9 @@ def measure(a: argparse.Namespace, what: str, workdir: Path, web: int, port: int
         result["syscalls"] = {k: round(v / n, 2) for k, v in
                               sorted(calls.items(), key=lambda kv: -kv[1])}
     if what == "instructions":
-        dumps = sorted(workdir.glob("callgrind.out*"), key=lambda p: p.stat().st_mtime)
+        # The dump asked for after the N connections (callgrind.out.1), not
+        # the one written at exit (interpreter shutdown is no connection's).
+        dumps = sorted(workdir.glob("callgrind.out.*"), key=lambda p: p.stat().st_mtime)
         text = dumps[-1].read_text(errors="replace") if dumps else ""
         for line in text.splitlines():
             if line.startswith(("summary:", "totals:")):
@@ -279,9 +304,10 @@ def main(argv: Sequence[str]) -> int:
     p.add_argument("--serve-floor", help=argparse.SUPPRESS)
     p.add_argument("--report", help=argparse.SUPPRESS)
     p.add_argument("--calls", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--garbage", action="store_true", help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     if a.serve_switchyard:
-        serve_switchyard(Path(a.serve_switchyard), Path(a.report), a.calls)
+        serve_switchyard(Path(a.serve_switchyard), Path(a.report), a.calls, a.garbage)
         return 0
     if a.serve_floor:
         port, backend = map(int, a.serve_floor.split(","))
@@ -316,7 +342,8 @@ def main(argv: Sequence[str]) -> int:
                     print(f"  {r['ready']}: {user + system:.1f} µs CPU per connection "
                           f"({user:.1f} user + {system:.1f} system), {n / r['elapsed_s']:,.0f} "
                           f"connections/s at concurrency {a.concurrency}, "
-                          f"{r['minor_faults'] / n:.2f} page faults each")
+                          f"{r['minor_faults'] / n:.2f} page faults each; garbage collections "
+                          f"by generation: {r['gc_collections']}")
                     figures.update(cpu_us=user + system, user_us=user, system_us=system,
                                    rate=n / r["elapsed_s"], minor_faults=r["minor_faults"] / n)
                 elif what == "calls":
@@ -331,6 +358,12 @@ def main(argv: Sequence[str]) -> int:
                     print(f"  {total:.2f} system calls per connection: " + ", ".join(
                         f"{k} {v}" for k, v in r["syscalls"].items()))
                     figures.update(syscalls=total, by_syscall=r["syscalls"])
+                elif what == "garbage":
+                    total = sum(count for _kind, count in r["garbage"])
+                    print(f"  {total / n:.2f} objects per connection freed only by the "
+                          "garbage collector (reference cycles): " + ", ".join(
+                              f"{kind} {count / n:.2f}" for kind, count in r["garbage"]))
+                    figures.update(cyclic_garbage=total / n)
                 elif what == "instructions":
                     per = r.get("instructions", 0) / n
                     print(f"  {per:,.0f} instructions per connection (user space)")

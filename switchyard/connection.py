@@ -17,6 +17,13 @@ One path for every connection, whatever the listener or target:
 L{TRANSITIONS} lists every allowed step; L{Connection._enter} refuses any
 other. The connection knows no protocol: matchers read the bytes, targets
 (backends, responders, TLS termination...) decide what comes after.
+
+The client side is a Twisted transport (the connection is its protocol), or,
+from switchyard's own accept (L{switchyard.relay.accept}), a bare socket the
+connection reads itself on switchyard's reactor: to a backend on the fast
+path it stays one, relayed by L{SpliceRelay}; a target that needs a
+transport (TLS termination, responders, tunnels, C{send}...) gets one made
+for it on first use (L{Connection.transport}).
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet import error
+from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
@@ -37,6 +45,8 @@ from switchyard.config import Listener, Route
 from switchyard.interfaces import NEED_MORE, NO, IConnection, IRelayBooks, Match
 from switchyard.networks import contains
 from switchyard.observe.accesslog import emit_access_event
+from switchyard.relay import internals
+from switchyard.relay import reactor as _reactor_module
 from switchyard.relay.splice import SpliceRelay, can_splice, close_socket
 from switchyard.relay.transports import TransportRelay
 from switchyard.wire.proxy import BadProxyHeader, read_header
@@ -45,6 +55,9 @@ if TYPE_CHECKING:
     from switchyard.listener import ListenerBooks
 
 _CONNECTION_DONE = Failure(error.ConnectionDone())
+_CONNECTION_LOST = Failure(error.ConnectionLost())
+# What one read of a bare client takes at most (as Twisted's transports).
+_READ_SIZE = 65536
 # A v2 header may carry up to 64 KiB of TLVs; beyond that it is not one.
 _MAX_PROXY_HEADER = 16 + 65535
 
@@ -59,6 +72,10 @@ class State(enum.Enum):
     RELAYING = "relaying"
     CLOSING = "closing"
     CLOSED = "closed"
+
+    # Members are singletons: identity is their hash, in C (Enum's own
+    # __hash__ is Python code, run at every state check).
+    __hash__ = object.__hash__
 
 
 OPENING, PROXY_HEADER, SNIFFING = State.OPENING, State.PROXY_HEADER, State.SNIFFING
@@ -95,16 +112,16 @@ class Connection(Protocol):
         "bytes_out", "last_activity", "reason", "detail", "pending", "front_address",
         "started", "client_address", "_local_address", "client_ended", "_peer_open",
         "_client_open", "_inspect_call", "_total_call", "_counted_host", "_spliceable",
-        "_watcher", "_logs",
+        "_watcher", "_logs", "_sock", "_fd", "_reading",
         # Protocol's own attributes: in slots too, so no instance dict is made.
-        "factory", "transport", "connected",
+        "factory", "_transport", "connected",
     )
-    transport: Any  # a TCP (or TLS plaintext) transport: producer, consumer, half-closeable
 
     def __init__(self, listener: Listener, books: ListenerBooks,
                  parent: Connection | None = None) -> None:
         self.factory: Any = None
-        self.transport = None
+        # A TCP (or TLS plaintext) transport: producer, consumer, half-closeable.
+        self._transport: Any = None
         self.connected = 0
         self.listener = listener
         self.books = books
@@ -138,6 +155,11 @@ class Connection(Protocol):
         self._spliceable: bool | None = None  # the client is a plain socket (takes_socket)
         self._watcher: Callable[[], None] | None = None
         self._logs = True  # False once a nested connection logs for this one
+        # A bare client socket (switchyard's accept), until it is closed; then
+        # no transport unless a target asks for one (see transport).
+        self._sock: Any = None
+        self._fd = -1
+        self._reading = False  # the bare socket is registered for reading
 
     def _enter(self, state: State) -> None:
         if state not in TRANSITIONS[self.state]:
@@ -150,17 +172,54 @@ class Connection(Protocol):
 
     # -- the client side ------------------------------------------------
 
+    @property
+    def transport(self) -> Any:
+        """The client's Twisted transport; for a bare socket, made now."""
+        if self._transport is None and self._sock is not None:
+            self._make_transport()
+        return self._transport
+
+    @transport.setter
+    def transport(self, transport: Any) -> None:
+        self._transport = transport
+
+    def accepted(self, sock: Any, address: Any) -> None:
+        """Start on a bare client socket from switchyard's accept (non-blocking,
+        TCP_NODELAY set), accepted from ``address`` (an IAddress)."""
+        self._sock = sock
+        self._fd = sock.fileno()
+        self._spliceable = True  # (only listeners with fast_path accept so)
+        self.connected = 1
+        self.client_address = address
+        if not self._open(inspect_timer=False):
+            return
+        # The opening is usually there already: read it now; register for
+        # more, and start the inspect timeout, only if it is not decided.
+        self._read_bare()
+        state = self.state
+        if state is SNIFFING or state is PROXY_HEADER:
+            self._inspect_call = self.books.inspect_deadlines.add(self)
+        if (self._sock is not None and self.relay is None and not self.client_ended
+                and state is not CLOSING and state is not CLOSED
+                and len(self.buffered) < self.listener.max_sniff_bytes):
+            self._set_reading(True)
+
     def connectionMade(self) -> None:
-        self.started = self.reactor.seconds()
         if self.client_address is None:
-            self.client_address = self.transport.getPeer()
+            self.client_address = self._transport.getPeer()
+        self._open(inspect_timer=True)
+
+    def _open(self, inspect_timer: bool) -> bool:
+        """Admit the new connection; False if it was refused (and closed)."""
+        self.started = self.reactor.seconds()
         self._set_client_facts()
         books = self.books
         refused = books.admit(self)
-        self._inspect_call = books.inspect_deadlines.add(self)
+        if inspect_timer:
+            self._inspect_call = books.inspect_deadlines.add(self)
         if refused is not None:
             self.close("over_limit", refused)
-            return
+            return False
         listener = self.listener
         if listener.accept_proxy and contains(listener.accept_proxy,
                                               getattr(self.client_address, "host", None)):
@@ -168,14 +227,111 @@ class Connection(Protocol):
         else:
             self._enter(SNIFFING)
             self._count_client()
+        return self.state is not CLOSING and self.state is not CLOSED
 
     @property
     def local_address(self) -> Any:
         """The address the client connected to (a system call: only PROXY
         headers and nested connections need it)."""
         if self._local_address is None:
-            self._local_address = self.transport.getHost()
+            if self._sock is not None:
+                self._local_address = address_of(self._sock.getsockname())
+            else:
+                self._local_address = self._transport.getHost()
         return self._local_address
+
+    # -- a bare client socket: read by this connection until a relay takes it
+
+    def fileno(self) -> int:
+        return self._fd
+
+    def logPrefix(self) -> str:
+        return f"Connection,{self.listener_label}"
+
+    def on_event(self, event: int) -> None:
+        """The bare client socket is readable (or hung up, or in error)."""
+        self._read_bare()
+
+    def doRead(self) -> None:
+        self._read_bare()
+
+    def doWrite(self) -> None:
+        pass  # never registered for writing
+
+    def _read_bare(self) -> None:
+        sock = self._sock
+        if sock is None or self.relay is not None:
+            return  # a stale event: the relay, or the end, has the socket now
+        try:
+            data = sock.recv(_READ_SIZE)
+        except BlockingIOError:
+            return
+        except OSError as e:
+            self._lose_bare(Failure(error.ConnectionLost(e.strerror or str(e))))
+            return
+        try:
+            if data:
+                self.dataReceived(data)
+            else:
+                # Nothing more will come: stop reading (an end of stream
+                # is readable at every poll); the relay reads it again.
+                self._set_reading(False)
+                self.readConnectionLost()
+        except Exception:
+            log.failure("connection from {client}: unexpected error",
+                        client=self.client_address)
+            self.close("error", "unexpected error (logged)")
+
+    def _set_reading(self, reading: bool) -> None:
+        """Register the bare socket for reading, or not (one epoll_ctl)."""
+        if reading != self._reading and self._sock is not None:
+            self._reading = reading
+            self.reactor.set_interest(self, self._fd, reading, False)
+
+    def _lose_bare(self, reason: Failure) -> None:
+        """The bare client socket failed (before any relay): close it, and end."""
+        self._close_bare()
+        self.connectionLost(reason)
+
+    def _close_bare(self, orderly: bool = False) -> None:
+        sock, self._sock = self._sock, None
+        if sock is not None:
+            self._reading = False
+            self.reactor.forget(self._fd)
+            if orderly:
+                # As Twisted's transports close: the FIN goes first, so a
+                # client whose last bytes were not read (a closing reason
+                # beat them) sees its stream end before close() resets it.
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+            sock.close()
+
+    def _bare_closed(self, reason: Failure) -> None:
+        """The splice relay closed the bare client socket."""
+        self._sock = None
+        self.connectionLost(reason)
+
+    def _make_transport(self) -> None:
+        """A target needs the client as a Twisted transport: make one for the
+        bare socket, as the port would have (it takes over the registration)."""
+        sock, self._sock = self._sock, None
+        fd, reading = self._fd, self._reading
+        self._reading = False
+        full = socket.socket(sock.family, socket.SOCK_STREAM, 0, sock.detach())
+        peer = self.front_address or self.client_address
+        address = ((peer.host, peer.port) if isinstance(peer, IPv4Address)
+                   else (peer.host, peer.port, peer.flowInfo, peer.scopeID))
+        transport = internals.server_transport(full, self, address, self.books.port, 0,
+                                               self.reactor)
+        if reading:
+            self.reactor.adopt(fd, transport)  # the events are the transport's now
+        self._transport = transport
+        if self.client_ended:
+            # The end of stream was read already: the transport would wait
+            # for it forever.
+            transport.stopReading()
 
     def _count_client(self) -> None:
         """Apply max_connections_per_client to the (possibly PROXY-given) client."""
@@ -201,7 +357,10 @@ class Connection(Protocol):
             # paused, see _choose), up to the sniff limit.
             self.buffered += data
             if len(self.buffered) >= self.listener.max_sniff_bytes:
-                self.transport.pauseProducing()
+                if self._sock is not None:
+                    self._set_reading(False)
+                else:
+                    self._transport.pauseProducing()
             if self._watcher is not None:
                 self._watcher()
         elif state is PROXY_HEADER:
@@ -268,6 +427,9 @@ class Connection(Protocol):
         pass
 
     def connectionLost(self, reason: Failure = _CONNECTION_DONE) -> None:
+        if self._sock is not None and self.relay is None:
+            # The reactor let go of the bare socket (shutdown): close it.
+            self._close_bare()
         self._client_open = False
         clean = isinstance(reason.value, error.ConnectionDone)
         relaying = self.state is RELAYING
@@ -351,7 +513,7 @@ class Connection(Protocol):
         if route.total_timeout is not None:
             self._total_call = self.reactor.callLater(route.total_timeout, self._total_expired)
         if not self.takes_socket():
-            self.transport.pauseProducing()
+            self._transport.pauseProducing()
         # Else the client is read on while the target connects (what comes
         # is kept with the opening, and pauses it past max_sniff_bytes):
         # its registration then passes to the splice relay as it is.
@@ -380,7 +542,10 @@ class Connection(Protocol):
         self._watcher = callback
         if callback is not None and self.state is CONNECTING and not self.client_ended:
             if len(self.buffered) < self.listener.max_sniff_bytes:
-                self.transport.resumeProducing()
+                if self._sock is not None:
+                    self._set_reading(True)
+                else:
+                    self._transport.resumeProducing()
 
     def nest(self, listener: Listener, transport: Any) -> Connection:
         inner = Connection(listener, self.books.nested(listener), parent=self)
@@ -392,6 +557,12 @@ class Connection(Protocol):
         if self.state is not CONNECTING:
             peer.loseConnection()
             return
+        if self._sock is not None:
+            if can_splice(peer):
+                # A bare client and a plain peer: the kernel moves the bytes.
+                self._splice_bare(peer, None, prefix)
+                return
+            self._make_transport()  # the Twisted relay needs the client's transport
         opening = self._start_relay()
         # Known before the opening is written: the peer may answer, or end,
         # from inside write().
@@ -424,7 +595,7 @@ class Connection(Protocol):
     def takes_socket(self) -> bool:
         """Whether a target may hand over a bare connected socket (L{splice_socket})."""
         if self._spliceable is None:  # asked once: the client's transport does not change
-            self._spliceable = self.listener.fast_path and can_splice(self.transport)
+            self._spliceable = self.listener.fast_path and can_splice(self._transport)
         return self._spliceable and self.state is CONNECTING
 
     def splice_socket(self, sock: socket.socket, prefix: bytes,
@@ -432,7 +603,10 @@ class Connection(Protocol):
         """Relay, with splice(2), between the client and ``sock``, a connected
         socket that is now the connection's: ``prefix`` and the opening go
         first. ``release`` is called once ``sock`` is closed."""
-        if self.state is not CONNECTING or not can_splice(self.transport):
+        if self._sock is not None and self.state is CONNECTING:
+            self._splice_bare(None, sock, prefix, release)
+            return
+        if self.state is not CONNECTING or not can_splice(self._transport):
             close_socket(self.reactor, sock)
             release()
             if self.state is CONNECTING:
@@ -447,14 +621,35 @@ class Connection(Protocol):
         self.books.watch_idle()
         self.relay_kind = "splice"
         # Known before start(), which may end the relay at once.
-        self.relay = SpliceRelay(self.reactor, self, self.transport, peer_socket=sock,
+        self.relay = SpliceRelay(self.reactor, self, self._transport, peer_socket=sock,
                                  peer_head=prefix + opening, peer_closed=peer_closed)
+        self.relay.start()
+
+    def _splice_bare(self, peer: Any, sock: Any, prefix: bytes,
+                     release: Callable[[], None] | None = None) -> None:
+        """Relay with splice(2) between the bare client socket and a plain
+        peer: a transport (``peer``) or a bare socket (``sock``, whose
+        ``release`` is called once it is closed)."""
+        peer_closed = None
+        if release is not None:
+            def peer_closed(reason: Failure) -> None:
+                release()
+                self.peer_lost(reason)
+
+        opening = self._start_relay()
+        self.books.watch_idle()
+        self.relay_kind = "splice"
+        self._reading = False  # the relay takes the registration over, as it is
+        # Known before start(), which may end the relay at once.
+        self.relay = SpliceRelay(self.reactor, self, None, peer, peer_socket=sock,
+                                 peer_head=prefix + opening, peer_closed=peer_closed,
+                                 client_socket=self._sock, client_closed=self._bare_closed)
         self.relay.start()
 
     def peer_data(self, data: bytes) -> None:
         self.bytes_out += len(data)
         self.last_activity = self.reactor.seconds()
-        self.transport.write(data)
+        self._transport.write(data)
 
     def peer_eof(self) -> None:
         if self.state is RELAYING:
@@ -492,10 +687,24 @@ class Connection(Protocol):
             # would register its fd under the relay): it closes them itself.
             relay.stop()
             return
+        if self._sock is not None and reply:
+            self.bytes_out += len(reply)
+            try:
+                sent = self._sock.send(reply)
+            except OSError:
+                sent = len(reply)  # the client is gone: nobody to tell
+            reply = reply[sent:]
+            if reply:
+                self.bytes_out -= len(reply)  # the rest is written by a transport
+        if self._sock is not None and not reply:
+            self._close_bare(orderly=True)
+            self.connectionLost(_CONNECTION_DONE)
+            return
+        transport = self.transport  # made now for a bare socket with a reply to flush
         if reply:
             self.bytes_out += len(reply)
-            self.transport.write(reply)
-        self.transport.loseConnection()
+            transport.write(reply)
+        transport.loseConnection()
         if self._peer_open:
             relay.close_peer(abort=False)
 
@@ -515,7 +724,7 @@ class Connection(Protocol):
             self.relay_ended("normal")
             self._enter(CLOSING)
             self._cancel_timers()
-            self.transport.loseConnection()
+            self._transport.loseConnection()
             if self._peer_open:
                 self.relay.close_peer(abort=False)
 
@@ -565,3 +774,18 @@ class Connection(Protocol):
             emit_access_event(self, books.access_log)
             books.metrics.connection_closed(self)
         books.release(self, self._counted_host)
+
+
+def address_of(sockname: tuple[Any, ...]) -> Any:
+    """An IAddress from getsockname()/accept()'s answer for a TCP socket."""
+    if len(sockname) == 2:
+        return IPv4Address("TCP", *sockname)
+    host, port, flow, scope = sockname
+    if scope:
+        # With its scope (fe80::1%eth0), as Twisted's port gives it.
+        host = socket.getnameinfo(sockname, socket.NI_NUMERICHOST | socket.NI_NUMERICSERV)[0]
+    return IPv6Address("TCP", host, port, flow, scope)
+
+
+# A bare client is read by the connection itself, on switchyard's reactor.
+_reactor_module.DIRECT.add(Connection)

@@ -12,7 +12,7 @@ from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 
 from switchyard.config import Listener
-from switchyard.connection import RELAYING, Connection
+from switchyard.connection import RELAYING, Connection, address_of
 from switchyard.deadlines import Deadlines
 from switchyard.observe.accesslog import AccessLogFile
 from switchyard.observe.metrics import NO_METRICS
@@ -53,6 +53,7 @@ class ListenerBooks(Factory):
         self._sweep: Any = None
         self.sweep_interval = 1.0
         self.inspect_deadlines: Deadlines = None  # type: ignore[assignment]
+        self.port: Any = None  # the listening port, when switchyard's accept reads it
         self._timers(listener)
 
     def _timers(self, listener: Listener) -> None:
@@ -85,6 +86,11 @@ class ListenerBooks(Factory):
             # The port built it from accept(2)'s answer, as getPeer() would.
             connection.client_address = addr
         return connection
+
+    def accepted(self, sock: Any, address: tuple[Any, ...]) -> None:
+        """switchyard's accept (L{switchyard.relay.accept}) took a client: a
+        bare non-blocking socket, from accept(2)'s ``address``."""
+        Connection(self.listener, self).accepted(sock, address_of(address))
 
     def nested(self, listener: Listener) -> ListenerBooks:
         """The books of a nested route table (TLS termination) entered from

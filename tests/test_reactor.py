@@ -114,7 +114,10 @@ class DispatchTests(unittest.TestCase):
         self.assertEqual(sorted(seen), [("broken", "-"), ("fine", "-")])
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
 
-    def test_plainEventsDirectErrorsTheUsualWay(self) -> None:
+    def test_everyEventOfADirectDescriptorIsItsOwn(self) -> None:
+        """Plain events, hang-ups and errors alike reach on_event: the
+        descriptor tells an end of stream from an error itself."""
+        import select
         import socket
 
         from switchyard.relay.reactor import DIRECT, SwitchyardReactor
@@ -153,7 +156,9 @@ class DispatchTests(unittest.TestCase):
         self.assertEqual(calls[0][0], "direct")
         b.close()  # the peer hangs up: EPOLLIN|EPOLLHUP, not a plain event
         reactor.doPoll(1)
-        self.assertEqual(calls[-1][0], "doRead")  # through Twisted's _doReadOrWrite
+        self.assertEqual(calls[-1][0], "direct")  # not Twisted's _doReadOrWrite
+        self.assertTrue(calls[-1][1] & select.EPOLLHUP)
+        self.assertNotIn("connectionLost", [name for name, _ in calls])
 
         def probes() -> list[object]:
             return [r for r in reactor.getReaders() if isinstance(r, Probe)]

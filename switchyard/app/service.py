@@ -20,6 +20,7 @@ from switchyard.interfaces import IRunningTarget, IRuntime
 from switchyard.listener import ListenerBooks
 from switchyard.observe.accesslog import AccessLogFile
 from switchyard.observe.metrics import NO_METRICS, NoMetrics, backends_of
+from switchyard.relay.accept import Acceptor, can_accept
 
 if TYPE_CHECKING:
     from switchyard.observe.metrics_export import Metrics
@@ -291,7 +292,12 @@ class ListenerService(service.Service):
     """One listener: it binds in privilegedStartService (before privileges
     drop; a port that cannot be bound stops start-up), and on stop (SIGTERM,
     or a reload that removed it) stops accepting at once, lets open
-    connections finish for ``grace_period`` seconds, then closes those left."""
+    connections finish for ``grace_period`` seconds, then closes those left.
+
+    The port is Twisted's, from the listener's endpoint. On switchyard's
+    reactor, with ``fast_path`` on, a plain TCP port's socket is read by
+    switchyard's own L{Acceptor}: clients start as bare sockets (see
+    L{switchyard.relay.accept}); every other port accepts through Twisted."""
 
     def __init__(self, listener: Listener, reactor: Any,
                  access_log: AccessLogFile | None = None) -> None:
@@ -299,6 +305,7 @@ class ListenerService(service.Service):
         self.listener = listener
         self.reactor = reactor
         self.port: Any = None
+        self.acceptor: Acceptor | None = None
         self.setName(listener.name)
 
     def open(self) -> None:
@@ -313,12 +320,20 @@ class ListenerService(service.Service):
         if isinstance(results[0], Failure):
             results[0].raiseException()
         self.port = results[0]
+        if self.listener.fast_path and can_accept(self.reactor, self.port):
+            self.factory.port = self.port
+            self.acceptor = Acceptor(self.reactor, self.port, self.factory.accepted)
+
+    def _stop_listening(self) -> Any:
+        if self.acceptor is not None:
+            self.acceptor.stop()
+            self.acceptor = None
+        port, self.port = self.port, None
+        return port.stopListening() if port is not None else None
 
     def close_now(self) -> None:
         """Stop listening at once (a reload that did not happen)."""
-        if self.port is not None:
-            self.port.stopListening()
-            self.port = None
+        self._stop_listening()
 
     def privilegedStartService(self) -> None:
         super().privilegedStartService()
@@ -331,8 +346,7 @@ class ListenerService(service.Service):
 
     def stopService(self) -> defer.Deferred[None]:
         super().stopService()
-        stopped = defer.maybeDeferred(self.port.stopListening if self.port else lambda: None)
-        self.port = None
+        stopped = defer.maybeDeferred(self._stop_listening)
         stopped.addCallback(lambda _: self._drain())
         return stopped
 

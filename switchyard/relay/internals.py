@@ -13,7 +13,9 @@ suite ran against (scripts/test runs it on the oldest and the newest).
 
 from __future__ import annotations
 
+import _socket
 import functools
+import inspect
 from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple
 
@@ -46,6 +48,15 @@ REACTOR_NAMES: tuple[tuple[str, str], ...] = (
 SHARING_NAMES: tuple[tuple[str, str], ...] = (
     ("tcp.Port", "_shouldShutdown"),
 )
+# Names the fast accept needs: CPython's accept(2) without the socket
+# object Python's own accept() builds around it (enum conversions and a
+# Python-level constructor, per connection).
+ACCEPT_NAMES: tuple[tuple[str, str], ...] = (
+    ("_socket.socket", "_accept"),
+)
+# tcp.Server's constructor, as Port.doRead calls it: the fast accept makes a
+# client's Twisted transport this way when a target needs one.
+_SERVER_PARAMETERS = ("self", "sock", "protocol", "client", "server", "sessionno", "reactor")
 
 
 def _epoll_reactor() -> Any:
@@ -65,6 +76,8 @@ def _has(owner: str, name: str) -> bool:
         cls = tcp.Connection
     elif owner == "tcp.Port":
         cls = tcp.Port
+    elif owner == "_socket.socket":
+        cls = _socket.socket
     else:
         cls = _epoll_reactor()
         if cls is None:
@@ -88,6 +101,16 @@ class Availability(NamedTuple):
     fast_path: bool
     reactor: bool
     sharing: bool
+    accept: bool = True  # listeners accept on switchyard's reactor (with fast_path)
+
+
+def _server_constructor_missing() -> list[str]:
+    try:
+        names = tuple(inspect.signature(tcp.Server.__init__).parameters)
+    except (TypeError, ValueError):
+        names = ()
+    return [] if names == _SERVER_PARAMETERS else ["tcp.Server.__init__(sock, protocol, "
+                                                   "client, server, sessionno, reactor)"]
 
 
 @functools.lru_cache(maxsize=1)
@@ -97,8 +120,11 @@ def check() -> Availability:
     for part, names, consequence in (
             ("fast_path", FAST_PATH_NAMES, "relaying through Twisted's transports"),
             ("reactor", REACTOR_NAMES, "using Twisted's own reactor"),
-            ("sharing", SHARING_NAMES, "workers > 1 is refused")):
+            ("sharing", SHARING_NAMES, "workers > 1 is refused"),
+            ("accept", ACCEPT_NAMES, "listeners accept through Twisted's ports")):
         lacking = missing(names)
+        if part == "accept":
+            lacking += _server_constructor_missing()
         parts[part] = not lacking
         if lacking:
             log.warn("this Twisted lacks {names}: {part} is off, {consequence}",
@@ -141,6 +167,28 @@ def close_without_shutdown(descriptor: Any) -> None:
     shutdown(2) first: the relay already sent both ends of stream, or the
     socket is shared with other processes, whose copies shutdown would stop."""
     descriptor._shouldShutdown = False
+
+
+# -- the fast accept ------------------------------------------------------------
+
+
+def raw_socket(family: int, fd: int | None, flags: int = 0) -> Any:
+    """A stream socket as CPython's socket type (no Python-level wrapper:
+    every method is C, ``_accept`` included): descriptor ``fd`` (connected
+    or listening), or a new one (``fd`` None) with ``flags`` (SOCK_NONBLOCK...)."""
+    return _socket.socket(family, _socket.SOCK_STREAM | flags, 0, fd)
+
+
+def accept_function(listening: Any) -> Callable[[], tuple[int, Any]]:
+    """accept(2) on a L{raw_socket}: (the new descriptor, the client's address)."""
+    return listening._accept  # type: ignore[no-any-return]
+
+
+def server_transport(sock: Any, protocol: Any, address: tuple[Any, ...], port: Any,
+                     sessionno: int, reactor: Any) -> Any:
+    """The Twisted transport of an accepted socket, as the port would have made
+    it (it registers itself for reading)."""
+    return tcp.Server(sock, protocol, address, port, sessionno, reactor)
 
 
 # -- workers: a unix listening socket shared with other processes ------------

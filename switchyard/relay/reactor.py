@@ -4,12 +4,13 @@ events handed to it directly.
 Twisted runs each I/O event's handler inside a logging context
 (``callWithLogger``): most of the Python cost of relaying one small message
 (two events per request and answer; benchmarks/README.md has the figures).
-Descriptors whose class is in L{DIRECT} handle their own errors and get
-plain read and write events by a method call; hang-ups and errors, and every other descriptor, take
-Twisted's usual path. Twisted's own TCP ports and accepted connections
-(L{QUIET}) take the usual path without the logging context: Twisted's
-legacy error lines from inside them then show ``[-]`` rather than the
-connection's log prefix.
+Descriptors whose class is in L{DIRECT} (switchyard's listening sockets,
+connections being sniffed, relays, connects) get every event of theirs by a
+method call, ``on_event(event)``, hang-ups and errors included, and handle
+their own errors; every other descriptor takes Twisted's usual path.
+Twisted's own TCP ports and accepted connections (L{QUIET}) take the usual
+path without the logging context: Twisted's legacy error lines from inside
+them then show ``[-]`` rather than the connection's log prefix.
 
 ``twistd switchyard`` installs it unless another reactor was chosen
 (``twistd --reactor=...``) or is already installed; on systems without
@@ -39,9 +40,6 @@ try:
     from twisted.internet.epollreactor import EPollReactor
 except ImportError:  # no epoll on this system
     EPollReactor = None  # type: ignore[assignment,misc]
-
-_FAST = select.EPOLLIN | select.EPOLLOUT if hasattr(select, "EPOLLIN") else 0
-
 
 if EPollReactor is not None:
 
@@ -73,8 +71,13 @@ if EPollReactor is not None:
                 if selectable is None:
                     continue  # unregistered by an earlier event of this batch
                 kind = type(selectable)
-                if kind in direct and not event & ~_FAST:
-                    selectable.on_event(event)
+                if kind in direct:
+                    try:
+                        selectable.on_event(event)
+                    except Exception:
+                        # Each handles its own errors: this is a bug, logged,
+                        # and the rest of the batch goes on.
+                        log.err(None, f"error handling an event of {selectable!r}")
                 elif kind in quiet:
                     try:
                         usual(selectable, fd, event)

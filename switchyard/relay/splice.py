@@ -44,6 +44,9 @@ _LINGER_RESET = b"\x01\x00\x00\x00\x00\x00\x00\x00"  # struct linger {1, 0}: clo
 _DONE = Failure(error.ConnectionDone())
 _EPOLLIN = getattr(select, "EPOLLIN", 1)
 _EPOLLOUT = getattr(select, "EPOLLOUT", 4)
+# A hang-up or an error: handled by the descriptor itself on switchyard's reactor.
+_BROKEN = getattr(select, "EPOLLHUP", 16) | getattr(select, "EPOLLERR", 8)
+_LOST = Failure(error.ConnectionLost())
 log = Logger(namespace="switchyard.relay.splice")
 _ABORTED = Failure(error.ConnectionAborted())
 
@@ -137,8 +140,10 @@ class _Socket:
         self.relay._pump(self.incoming)
 
     def on_event(self, event: int) -> None:
-        """Readable and/or writable, from L{switchyard.relay.reactor} (no Twisted
-        wrapping): the same as doRead then doWrite."""
+        """An event from L{switchyard.relay.reactor} (no Twisted wrapping):
+        readable and/or writable is the same as doRead then doWrite; a
+        hang-up or an error is read or written into, which tells how the
+        side ended (an end of stream, or the socket's error)."""
         try:
             if event == _EPOLLIN:
                 d = self.outgoing
@@ -146,6 +151,11 @@ class _Socket:
                     # The common case, a small message to copy across, done
                     # here in one frame: what _pump would do, call by call.
                     self.relay._copy_message(d)
+                    return
+            elif event & _BROKEN:
+                event = (_EPOLLIN if self.reading else 0) | (_EPOLLOUT if self.writing else 0)
+                if not event:
+                    self.relay._lost(self, _LOST)
                     return
             if event & _EPOLLIN:
                 self.relay._pump(self.outgoing)
@@ -267,13 +277,19 @@ class SpliceRelay:
     def __init__(self, reactor: Any, connection: IRelayBooks, client_transport: Any,
                  peer_transport: Any = None, *, peer_socket: socket.socket | None = None,
                  peer_head: bytes = b"",
-                 peer_closed: Callable[[Failure], None] | None = None) -> None:
+                 peer_closed: Callable[[Failure], None] | None = None,
+                 client_socket: Any = None,
+                 client_closed: Callable[[Failure], None] | None = None) -> None:
         """The peer is a transport, or a bare connected ``peer_socket`` that
         the relay owns: ``peer_head`` is sent to it first, and
-        ``peer_closed`` is called once the relay has closed it."""
+        ``peer_closed`` is called once the relay has closed it. Likewise the
+        client: a transport, or (``client_transport`` None) a bare
+        ``client_socket`` from switchyard's accept (TCP_NODELAY already
+        set, inherited from the listening socket), ``client_closed`` told of
+        its end."""
         self.reactor = reactor
         self.connection = connection
-        self.client = _Socket(self, "client", client_transport)
+        self.client = _Socket(self, "client", client_transport, client_socket, client_closed)
         self.peer = _Socket(self, "backend", peer_transport, peer_socket, peer_closed)
         self._peer_head = peer_head
         self.done = False
@@ -294,13 +310,15 @@ class SpliceRelay:
                 # the reactor keys registrations by fd.
                 side.transport.stopReading()
                 side.transport.stopWriting()
-        no_delay(self.client.sock)
+        if self.client.transport is not None:
+            no_delay(self.client.sock)
         no_delay(self.peer.sock)
         to_peer = self._peer_head
         self._peer_head = b""
         if self.peer.transport is not None:
             to_peer = internals.take_unsent(self.peer.transport) + to_peer
-        to_client = internals.take_unsent(self.client.transport)
+        to_client = (b"" if self.client.transport is None
+                     else internals.take_unsent(self.client.transport))
         self.client.outgoing = self.peer.incoming = _Direction(self.client, self.peer, True,
                                                                to_peer)
         self.peer.outgoing = self.client.incoming = _Direction(self.peer, self.client, False,
@@ -481,8 +499,10 @@ class SpliceRelay:
         """Register each socket for exactly what it is waiting for."""
         for side in (self.client, self.peer):
             out = side.outgoing
-            want_read = not out.eof and not out.backlog
-            want_write = side.incoming.backlog
+            incoming = side.incoming
+            # (Direction.backlog, inline: this runs at every change.)
+            want_read = not (out.eof or out.head or out.pending)
+            want_write = bool(incoming.head or incoming.pending)
             if self._tuned:
                 if want_read != side.reading or want_write != side.writing:
                     side.reading, side.writing = want_read, want_write
@@ -547,7 +567,8 @@ class SpliceRelay:
                 if side.writing:
                     self.reactor.removeWriter(side)
             side.reading = side.writing = False
-            side.outgoing.recycle_pipe()
+            if side.outgoing.pipe_r >= 0:  # most relays never needed one
+                side.outgoing.recycle_pipe()
 
     def _hand_back(self, abort: bool) -> None:
         # Both directions are over (or given up): close the sockets now, the
@@ -615,8 +636,8 @@ class DirectConnect:
         self.timer: Any = None
         self.registered = False
         try:
-            self.sock = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK
-                                      | socket.SOCK_CLOEXEC)
+            self.sock = internals.raw_socket(family, None, socket.SOCK_NONBLOCK
+                                             | socket.SOCK_CLOEXEC)
         except OSError as e:  # EMFILE, ENFILE, ENOBUFS: a failed connect like any other
             self.sock = None  # type: ignore[assignment]
             self._end(False, error.ConnectError(e.errno, f"no socket: {e.strerror or e}"))
