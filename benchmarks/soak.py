@@ -103,9 +103,9 @@ def parse_args(argv: Sequence[str]) -> Settings:
     p.add_argument("--processes", type=int, default=2, help="client processes (default 2)")
     p.add_argument("--threads", type=int, default=16,
                    help="threads per client process (default 16)")
-    p.add_argument("--max-connections", type=int, default=512,
-                   help="max_connections of the soak listeners, and the size of the burst "
-                        "that checks their open count (default 512)")
+    p.add_argument("--max-connections", type=int, default=None,
+                   help="max_connections of the soak listeners, and the size of the bursts "
+                        "that check their open count (default 2048, quick 512)")
     p.add_argument("--kill-every", type=float, default=None,
                    help="seconds between backend kills (default 1.0, quick 0.5)")
     p.add_argument("--reset-rate", type=float, default=0.05,
@@ -134,7 +134,7 @@ def parse_args(argv: Sequence[str]) -> Settings:
         transfers=a.transfers or (3000 if quick else 100_000),
         processes=max(1, a.processes),
         threads=max(1, a.threads),
-        max_connections=a.max_connections,
+        max_connections=a.max_connections or (512 if quick else 2048),
         reset_rate=a.reset_rate,
         client_fault_rate=a.client_fault_rate,
         kill_every=a.kill_every or (0.5 if quick else 1.0),
@@ -554,11 +554,30 @@ def phase_transfers(run: Run, listener: str) -> dict[str, Any]:
     cpu = run.sy.cpu_seconds() - cpu0
     lines = settle(run.sy.log, {r[0] for r in results})
     events = run.backends.new_events()
+    write_failures(s.workdir / f"failures-{listener}.tsv", results, by_tag, lines)
     report = tally(listener, results, by_tag, lines, events)
     report.update(seconds=round(elapsed, 1), transfers_per_s=round(len(results) / elapsed, 1),
                   switchyard_cpu_share=round(cpu / elapsed, 2), faults=dict(injector.counts))
     report["open_count"] = open_count_check(run, listener)
     return report
+
+
+def write_failures(path: Path, results: Sequence[Result], by_tag: dict[str, Spec],
+                   lines: Sequence[AccessLine]) -> None:
+    """Every transfer that was not ok, with its spec and access line: the work folder's
+    record for whoever looks into a failure."""
+    line_by_tag = {line.tag: line for line in lines if line.tag}
+    with open(path, "w") as f:
+        f.write("tag\toutcome\tdetail\tclient port\tseconds\trequest\tanswer\tfault\t"
+                "client fault\taccess line\n")
+        for tag, outcome, detail, _, seconds, port in results:
+            if outcome == OK:
+                continue
+            spec = by_tag[tag]
+            line = line_by_tag.get(tag)
+            f.write(f"{tag}\t{outcome}\t{detail}\t{port}\t{seconds:.3f}\t{spec.size}\t"
+                    f"{spec.answer_size}\t{spec.fault}\t{spec.client_fault}\t"
+                    f"{line.text if line else '(none)'}\n")
 
 
 def tally(listener: str, results: Sequence[Result], by_tag: dict[str, Spec],
@@ -593,6 +612,13 @@ def tally(listener: str, results: Sequence[Result], by_tag: dict[str, Spec],
         if spec.fault.startswith("reset:") and spec.client_fault == "none":
             injected[outcome] += 1
             reasons_injected[reason] += 1
+    # The backend's view: a request cut short and ended by a clean EOF is a
+    # silent truncation too (a client's reset passed on as a FIN).
+    cut_requests: collections.Counter[str] = collections.Counter()
+    for event in events:
+        kind, _, tag, *_ = event.split() + ["", ""]
+        if kind == "short_request_eof" and tag in by_tag:
+            cut_requests[by_tag[tag].client_fault.partition(":")[0]] += 1
     silent = sum(outcomes[k] for k in SILENT)
     visible = sum(n for k, n in outcomes.items() if k not in SILENT and k not in (OK, GAVE_UP))
     untagged = collections.Counter(line.reason for line in lines if not line.tag)
@@ -602,6 +628,8 @@ def tally(listener: str, results: Sequence[Result], by_tag: dict[str, Spec],
         "ok": outcomes[OK],
         "visible": visible,
         "silent": silent,
+        "silent_at_backend": sum(cut_requests.values()),
+        "silent_at_backend_by_client_fault": dict(cut_requests),
         "client_gave_up": outcomes[GAVE_UP],
         "outcomes": dict(outcomes),
         "samples": dict(samples),
@@ -654,6 +682,9 @@ def phase_proxy(run: Run) -> dict[str, Any]:
         cases[name] = (expected, [
             client.transfer(t, Spec(f"proxy-{len(cases)}-{i}", 256, 256, prefix=header), None)
             for i in range(10)])
+    # Closed before a route, a line has no path: found by the client's port,
+    # so the cases' lines are read before the mutations reuse ports.
+    found = settle(run.sy.log, {r[0] for _, results in cases.values() for r in results})
     # Mutations of the good headers: whatever they become, a logged, bounded end.
     mutator = Mutator(run.rng, [h for _, h, e in PROXY_CASES if e == "ok"],
                       [h for _, h, _ in PROXY_CASES])
@@ -662,14 +693,14 @@ def phase_proxy(run: Run) -> dict[str, Any]:
     # In parallel: a header that is a valid prefix waits for inspect_timeout (5 s).
     with ThreadPoolExecutor(32) as pool:
         mutated = list(pool.map(lambda spec: client.transfer(t, spec, None), specs))
-    # Closed before a route, a line has no path: found by the client's port.
-    every = [r for _, results in cases.values() for r in results] + mutated
-    found = settle(run.sy.log, {r[0] for r in every})
-    by_tag = {line.tag: line for line in found if line.tag}
+    found_mutated = settle(run.sy.log, {r[0] for r in mutated})
+    by_tag = {line.tag: line for line in found + found_mutated if line.tag}
     by_port = {line.client_port: line for line in found if not line.tag}
+    by_port_mutated = {line.client_port: line for line in found_mutated if not line.tag}
 
     def reason(r: Result) -> str:
-        line = by_tag.get(r[0]) or by_port.get(r[5])
+        ports = by_port_mutated if r[0].startswith("proxy-m-") else by_port
+        line = by_tag.get(r[0]) or ports.get(r[5])
         # Not found: a header accepted with a mutated source port hides the client's.
         return line.reason if line else "(unmatched)"
 
@@ -883,9 +914,11 @@ def verdicts(s: Settings, report: dict[str, Any]) -> list[tuple[str, bool | None
             rows.append((f"0 silent failures, {listener}", None, "not run"))
             continue
         enough = p["transfers"] >= 100_000
-        met = False if p["silent"] else True if enough else None
+        silent = p["silent"] + p["silent_at_backend"]
+        met = False if silent else True if enough else None
         rows.append((f"0 silent failures in >= 100,000 transfers with faults, {listener}", met,
-                     f"{p['silent']:,} silent in {p['transfers']:,}"
+                     f"{p['silent']:,} silent at the client, {p['silent_at_backend']:,} at the "
+                     f"backend, in {p['transfers']:,}"
                      + ("" if enough else " (a full run makes 100,000)")))
     fd = phases.get("fd")
     if fd is None:
@@ -927,7 +960,8 @@ def markdown(s: Settings, argv: Sequence[str], started: datetime.datetime,
              report: dict[str, Any]) -> str:
     out = [f"# switchyard soak, {started:%Y-%m-%d %H:%M:%S}", "",
            f"Command: `benchmarks/soak {' '.join(argv)}`, {report['elapsed_s']:.0f} s, "
-           f"seed {s.seed}", "", "## Machine", ""]
+           f"seed {s.seed}; switchyard's RSS at the start "
+           f"{report.get('rss_kib_at_start', 0):,} KiB", "", "## Machine", ""]
     out += [f"- {k}: {v}" for k, v in report["machine"].items()]
     out += ["", "## Verdict (issue 12, done when)", "", "| criterion | met | figures |",
             "|---|---|---|"]
@@ -940,7 +974,8 @@ def markdown(s: Settings, argv: Sequence[str], started: datetime.datetime,
         out += ["", "## Transfers under faults", "",
                 f"Each transfer: random sizes each way (70% < 4 KiB, 1% 256 KiB-1 MiB), "
                 f"sha256 checked both ways; {s.reset_rate:.0%} with a backend reset "
-                f"mid-answer, {s.client_fault_rate:.0%} where the client closes first; "
+                f"mid-answer, {s.client_fault_rate:.0%} where the client closes first (a FIN "
+                "after its request, a reset mid-answer, a reset mid-request); "
                 f"backends killed (SIGKILL or reset-then-exit) every ~{s.kill_every:g} s "
                 f"and restarted; access log rotated + SIGHUP every {s.hup_every:g} s.", "",
                 "| | " + " | ".join(p["listener"] for p in transfer) + " |",
@@ -952,7 +987,11 @@ def markdown(s: Settings, argv: Sequence[str], started: datetime.datetime,
         row("transfers", lambda p: f"{p['transfers']:,}")
         row("ok", lambda p: f"{p['ok']:,}")
         row("visible failures", lambda p: f"{p['visible']:,}")
-        row("**silent failures**", lambda p: f"**{p['silent']:,}**")
+        row("**silent failures** (at the client)", lambda p: f"**{p['silent']:,}**")
+        row("**silent failures at the backend** (a request cut, then a clean EOF)",
+            lambda p: f"**{p['silent_at_backend']:,}**"
+            + (f" (client faults: {_counts(p['silent_at_backend_by_client_fault'])})"
+               if p["silent_at_backend"] else ""))
         row("client closed first (by design)", lambda p: f"{p['client_gave_up']:,}")
         row("outcomes", lambda p: _counts(p["outcomes"]))
         row("injected backend resets: client saw", lambda p: _counts(p["injected_backend_resets"]))
@@ -970,6 +1009,7 @@ def markdown(s: Settings, argv: Sequence[str], started: datetime.datetime,
         row("transfers/s; switchyard CPU", lambda p: f"{p['transfers_per_s']:,.0f}; "
                                                      f"{p['switchyard_cpu_share']:.0%}")
         row("ok data moved", lambda p: f"{p['ok_megabytes']:,} MB")
+        row("switchyard RSS after the phase", lambda p: f"{p.get('rss_kib_after', 0):,} KiB")
         row(f"open count: bursts of {s.max_connections}, served (after the phase; "
             "after the first burst)", lambda p: _served(p["open_count"]))
         for p in transfer:
@@ -1110,6 +1150,7 @@ def run_phases(s: Settings, procs: Processes, report: dict[str, Any]) -> None:
                           ports, access_log)
     run = Run(s, procs, backends, sy, str(cert), random.Random(s.seed))
     phases: dict[str, Any] = report.setdefault("phases", {})
+    report["rss_kib_at_start"] = sy.rss_kib()
     for name in s.phases:
         print(f"== {name}", flush=True)
         try:
@@ -1130,10 +1171,13 @@ def run_phases(s: Settings, procs: Processes, report: dict[str, Any]) -> None:
 
             traceback.print_exc()
             report.setdefault("failed", []).append(f"{name} ({type(e).__name__}: {e})")
+        if name in phases and name != "fd":
+            phases[name]["rss_kib_after"] = sy.rss_kib()
         if name in TRANSFER_PHASES:
             p = phases.get(name)
             if p:
-                print(f"  ok {p['ok']:,}, visible {p['visible']:,}, SILENT {p['silent']:,}, "
+                print(f"  ok {p['ok']:,}, visible {p['visible']:,}, SILENT {p['silent']:,} "
+                      f"(+{p['silent_at_backend']:,} at the backend), "
                       f"client closed first {p['client_gave_up']:,}; "
                       f"{p['transfers_per_s']:,.0f} transfers/s; open count: bursts of "
                       f"{s.max_connections} served {_served(p['open_count'])}", flush=True)
@@ -1171,7 +1215,8 @@ def main(argv: Sequence[str]) -> int:
     print()
     print(text)
     print(f"written: {RESULTS / stem}.md and .json")
-    silent = sum(p.get("silent", 0) for p in report.get("phases", {}).values())
+    silent = sum(p.get("silent", 0) + p.get("silent_at_backend", 0)
+                 for p in report.get("phases", {}).values())
     if s.keep or report.get("failed") or silent:
         print(f"logs kept in {s.workdir}")
     else:

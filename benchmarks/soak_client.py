@@ -15,7 +15,7 @@ carries its own size and sha256. Every transfer ends in exactly one outcome:
   wrong digest either way (``corrupt_answer``, ``corrupt_request``), bytes
   past the answer, or a garbled header. These must never happen.
 - ``client_gave_up``: the client closed first on purpose (a fault of the
-  soak's own: ``cfin``, ``crst``).
+  soak's own: ``cfin``, ``crst``, ``creq``).
 
 ``run_load`` runs many transfers on a few processes of threads each.
 """
@@ -71,7 +71,9 @@ class Spec:
     size: int
     answer_size: int
     fault: str = "none"  # the backend's: none, reset:K, slow
-    client_fault: str = "none"  # the client's: none, cfin (close after sending), crst:K
+    # The client's: none; cfin (close after sending); crst:K (reset after K answer
+    # bytes); creq:M (reset after sending the head and M per mille of the body).
+    client_fault: str = "none"
     prefix: bytes = b""  # sent before the request: a PROXY header from a "trusted front"
 
 
@@ -161,8 +163,17 @@ class Client:
 
     def _exchange(self, conn: socket.socket, spec: Spec) -> tuple[str, str, int]:
         sent_error: OSError | None = None
+        request = self.request(spec)
+        if spec.client_fault.startswith("creq:"):
+            cut = len(request) - 1 - spec.size + spec.size * int(spec.client_fault[5:]) // 1000
+            try:
+                conn.sendall(request[:cut])
+                conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, LINGER_RESET)
+            except OSError:
+                pass
+            return GAVE_UP, "reset while sending", 0
         try:
-            conn.sendall(self.request(spec))
+            conn.sendall(request)
         except TimeoutError:
             return "hung", "sending", 0
         except OSError as e:
@@ -275,10 +286,13 @@ def make_specs(phase: str, count: int, rng: random.Random, reset_rate: float,
         roll = rng.random()
         if roll < reset_rate and answer_size > 0:
             fault = f"reset:{rng.randrange(answer_size)}"
-        elif roll < reset_rate + client_fault_rate / 2:
+        elif roll < reset_rate + client_fault_rate / 3:
             client_fault = "cfin"
-        elif roll < reset_rate + client_fault_rate and answer_size > 0:
+        elif roll < reset_rate + client_fault_rate * 2 / 3 and answer_size > 0:
             client_fault = f"crst:{rng.randrange(answer_size)}"
+        elif roll < reset_rate + client_fault_rate and size > 0:
+            # Within the body (per mille of it): the backend has the head.
+            client_fault = f"creq:{rng.randrange(1000)}"
         specs.append(Spec(f"{phase}-{i}", size, answer_size, fault, client_fault))
     return specs
 

@@ -225,6 +225,7 @@ class Flood:
         self.failed: collections.Counter[str] = collections.Counter()
 
     def open(self, count: int, connect_timeout: float = 1.0) -> None:
+        failed_in_a_row = 0
         for i in range(count):
             sock = socket.socket()
             sock.settimeout(connect_timeout)
@@ -235,7 +236,11 @@ class Flood:
             except OSError as e:
                 self.failed[type(e).__name__] += 1
                 sock.close()
+                failed_in_a_row += 1
+                if failed_in_a_row == 3:
+                    break  # the accept queue is full: the flood is as big as it gets
                 continue
+            failed_in_a_row = 0
             self.socks.append(sock)
 
     def close(self) -> float:
