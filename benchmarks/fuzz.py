@@ -39,16 +39,12 @@ class Parser:
 ALL = ("tls", "http", "ssh", "proxy", "gateway", "tunnel", "other")
 
 PARSERS: dict[str, Parser] = {
-    "proxy-header": Parser(("switchyard.wire.proxy:read_header",
-                            "switchyard.proxyheader:read_header"), ("proxy",),
+    "proxy-header": Parser(("switchyard.wire.proxy:read_header",), ("proxy",),
                            allowed=("BadProxyHeader",), check="proxy", monotonic=False),
-    "http-head": Parser(("switchyard.wire.http:parse_request_head",
-                         "switchyard.matchers.http:parse_request_head"), ("http",), check="http"),
-    "client-hello": Parser(("switchyard.wire.tls:parse_client_hello",
-                            "switchyard.matchers.tls:parse_client_hello"), ("tls",), check="tls"),
-    # Not written yet (issue 12 names them): found once they exist there.
-    "gateway-line": Parser(("switchyard.wire.gateway:read_line",), ("gateway",), check="any",
-                           monotonic=False),
+    "http-head": Parser(("switchyard.wire.http:parse_request_head",), ("http",), check="http"),
+    "client-hello": Parser(("switchyard.wire.tls:parse_client_hello",), ("tls",), check="tls"),
+    "gateway-opening": Parser(("switchyard.wire.gateway:parse_opening",), ("gateway",),
+                              check="any", monotonic=False),
     "tunnel-request": Parser(("switchyard.wire.tunnel:parse_request",), ("tunnel",),
                              check="any", monotonic=False),
     "tls": Parser(("matcher:tls",), ("tls",)),
