@@ -91,7 +91,7 @@ class GatewaySettings:
 
 
 def _here(base_dir: str, path: str) -> str:
-    return os.path.normpath(os.path.join(base_dir, os.path.expanduser(path)))
+    return os.path.abspath(os.path.join(base_dir, os.path.expanduser(path)))
 
 
 def _warn_if_readable(path: str) -> None:
