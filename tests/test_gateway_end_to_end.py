@@ -9,15 +9,17 @@ import os
 import re
 import secrets
 import select
+import signal
 import socket
 import struct
 import subprocess
+import threading
 import time
 from typing import Any
 
 from twisted.trial import unittest
 
-from switchyard.targets.gateway.crypto import Kdf, Secret, derive, encrypt
+from switchyard.targets.gateway.crypto import Kdf, Secret, derive, encrypt, encrypt_line
 from tests import traffic
 from tests.daemon import run_twistd, start_switchyard, write_config
 from tests.openings import vector
@@ -548,3 +550,80 @@ to = "games"
             self.assertEqual(result.returncode, 1, result.stdout)
             self.assertIn(problem, result.stderr)
             self.assertNotIn(secret, result.stdout + result.stderr)
+
+
+class WorkersTests(unittest.TestCase):
+    """Worker processes each read the secrets, serve gateway lines, and re-read them on SIGHUP."""
+
+    timeout = 120
+
+    def test_workersServeLinesAndRotateSecretsOnSighup(self) -> None:
+        folder = os.path.abspath(self.mktemp())
+        os.makedirs(folder)
+        secret_file = os.path.join(folder, "gateway.secret")
+        old, new = (("gw-worker-secret-" + secrets.token_hex(8)).encode() for _ in range(2))
+        with open(secret_file, "wb") as f:
+            f.write(old + b"\n")
+        os.chmod(secret_file, 0o600)
+        digest = traffic.DigestServer()
+        self.addCleanup(digest.stop)
+        port = free_port()
+        switchyard = start_switchyard(self, f"""
+workers = 2
+
+[listener.main]
+listen = "127.0.0.1:{port}"
+[[listener.main.route]]
+match = "gateway"
+to = "games"
+
+[gateway.games]
+secret_file = "{secret_file}"
+allow = "127.0.0.1:{digest.port}"
+""", port)
+        backend = f"127.0.0.1:{digest.port}".encode()
+
+        def exchanges(passphrase: bytes, count: int) -> None:
+            errors: list[BaseException] = []
+
+            def client(first: int) -> None:
+                for seed in range(first, first + count // 4):
+                    try:
+                        line = encrypt_line(backend, Secret(passphrase, "test")) + b"\n"
+                        digest_exchange(port, line, b"200", one_write=True, seed=seed)
+                    except BaseException as e:
+                        errors.append(e)
+
+            clients = [threading.Thread(target=client, args=(i * 100,)) for i in range(4)]
+            for t in clients:
+                t.start()
+            for t in clients:
+                t.join(60)
+            self.assertEqual(errors, [], switchyard.log_text())
+
+        def served(count: int) -> set[str]:
+            pattern = rf"\[worker (\d)\] 127\.0\.0\.1:\d+ main/gateway -> gw:{backend.decode()} "
+            deadline = time.monotonic() + 10
+            found: list[str] = []
+            while time.monotonic() < deadline and len(found) < count:
+                found = re.findall(pattern, switchyard.log_text())
+                time.sleep(0.05)
+            self.assertGreaterEqual(len(found), count)
+            return set(found)
+
+        exchanges(old, 40)
+        self.assertEqual(served(40), {"1", "2"})
+        with open(secret_file, "wb") as f:
+            f.write(new + b"\n")
+        os.kill(switchyard.process.pid, signal.SIGHUP)
+        deadline = time.monotonic() + 10
+        while (switchyard.log_text().count("gateway games: 1 secrets read again") < 2
+               and time.monotonic() < deadline):
+            time.sleep(0.05)
+        self.assertEqual(switchyard.log_text().count("gateway games: 1 secrets read again"), 2)
+        exchanges(new, 40)
+        self.assertEqual(served(80), {"1", "2"})
+        self.assertEqual(answer(port, encrypt_line(backend, Secret(old, "old")) + b"\n"), b"401")
+        log = switchyard.log_text()
+        self.assertNotIn(old.decode(), log)
+        self.assertNotIn(new.decode(), log)
