@@ -519,7 +519,13 @@ class Connection(Protocol):
                 self.relay.close_peer(abort=False)
 
     def check_idle(self, now: float) -> bool:
-        """Close the relay if it has been idle too long; True if it was closed."""
+        """Close the relay if it has been idle too long; True if it was closed.
+
+        A connection carrying a nested one (TLS termination) leaves the
+        decision to it: same bytes, and the nested route's own idle_timeout.
+        """
+        if not self._logs:
+            return False
         idle = now - self.last_activity
         if idle >= self._idle_timeout():
             self.close("idle_timeout", f"no data either way for {idle:.0f}s")

@@ -4,9 +4,25 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import socket
 from typing import Any
 
-from twisted.internet.interfaces import IStreamClientEndpoint, IStreamServerEndpoint
+from OpenSSL import SSL
+from twisted.internet import ssl
+from twisted.internet.endpoints import (
+    HostnameEndpoint,
+    TCP4ClientEndpoint,
+    TCP6ClientEndpoint,
+    clientFromString,
+    serverFromString,
+    wrapClientTLS,
+)
+from twisted.internet.interfaces import (
+    IOpenSSLClientConnectionCreator,
+    IStreamClientEndpoint,
+    IStreamServerEndpoint,
+)
+from zope.interface import implementer
 
 from switchyard.interfaces import OptionError
 
@@ -29,13 +45,6 @@ def split_host_port(value: str) -> tuple[str, int] | None:
 def client_endpoint(key: str, value: Any, reactor: Any, timeout: float) -> IStreamClientEndpoint:
     """A server of a backend: ``host:port`` (any name, resolved at each
     connect, IPv4 and IPv6) or a Twisted client endpoint string."""
-    from twisted.internet.endpoints import (
-        HostnameEndpoint,
-        TCP4ClientEndpoint,
-        TCP6ClientEndpoint,
-        clientFromString,
-    )
-
     if not isinstance(value, str) or not value:
         raise OptionError(key, "must be 'host:port' or an endpoint string like "
                                "'tcp:host=H:port=P'")
@@ -61,8 +70,6 @@ def client_endpoint(key: str, value: Any, reactor: Any, timeout: float) -> IStre
 
 def ip_socket_address(value: str) -> tuple[int, tuple[str, int]] | None:
     """``IP:port`` / ``[v6]:port`` as (address family, sockaddr); None for anything else."""
-    import socket
-
     hp = split_host_port(value)
     if hp is None:
         return None
@@ -101,8 +108,6 @@ def server_endpoint_string(value: str) -> str:
 
 
 def server_endpoint(key: str, value: str, reactor: Any) -> IStreamServerEndpoint:
-    from twisted.internet.endpoints import serverFromString
-
     description = server_endpoint_string(value)
     try:
         return serverFromString(reactor, description)
@@ -118,9 +123,6 @@ def tls_client_endpoint(reactor: Any, inner: IStreamClientEndpoint, *, server_na
     ``verify=False`` is the explicit opt-out for self-signed test backends:
     the name is still sent, nothing is checked.
     """
-    from twisted.internet import ssl
-    from twisted.internet.endpoints import wrapClientTLS
-
     if verify:
         trust = None
         if ca_file is not None:
@@ -135,22 +137,16 @@ def tls_client_endpoint(reactor: Any, inner: IStreamClientEndpoint, *, server_na
     return wrapClientTLS(creator, inner)
 
 
+@implementer(IOpenSSLClientConnectionCreator)
 class _UnverifiedClientTLS:
     """An IOpenSSLClientConnectionCreator that sends SNI and verifies nothing."""
 
     def __init__(self, server_name: str) -> None:
-        from OpenSSL import SSL
-        from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
-        from zope.interface import directlyProvides
-
         self.server_name = server_name.encode("idna")
         self.context = SSL.Context(SSL.TLS_CLIENT_METHOD)
         self.context.set_min_proto_version(SSL.TLS1_2_VERSION)
-        directlyProvides(self, IOpenSSLClientConnectionCreator)
 
     def clientConnectionForTLS(self, tlsProtocol: Any) -> Any:
-        from OpenSSL import SSL
-
         connection = SSL.Connection(self.context, None)
         connection.set_app_data(tlsProtocol)
         connection.set_tlsext_host_name(self.server_name)

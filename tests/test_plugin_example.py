@@ -139,7 +139,9 @@ class DiscoveryTests(TestCase):
                   "from twisted.plugin import getPlugins\n"
                   "from switchyard.interfaces import IMatcherFactory\n"
                   "for f in getPlugins(IMatcherFactory, twisted.plugins):\n"
-                  "    print('plugin', f.name, type(f).__module__)\n")
+                  "    where = getattr(f, 'function', f)  # simple_matcher keeps the function\n"
+                  "    print('plugin', f.name, where.__module__ if where is not f\n"
+                  "          else type(f).__module__)\n")
         out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                              timeout=60, env={**os.environ, **demo_env()}, cwd=DEMO,
                              stdin=subprocess.DEVNULL)

@@ -12,6 +12,12 @@ from typing import Any
 
 from twisted.application import service
 from twisted.internet import defer, error, protocol
+from twisted.internet.endpoints import (
+    AdoptedStreamServerEndpoint,
+    TCP4ServerEndpoint,
+    TCP6ServerEndpoint,
+    UNIXServerEndpoint,
+)
 from twisted.logger import Logger, LogLevel, eventFromJSON, globalLogPublisher
 from twisted.python.failure import Failure
 
@@ -38,13 +44,6 @@ def shareable(config: Config) -> None:
     Workers take over plain listening sockets (TCP, unix, systemd-passed);
     an ``ssl:`` endpoint wraps its port in TLS that adoptStreamPort would lose.
     """
-    from twisted.internet.endpoints import (
-        AdoptedStreamServerEndpoint,
-        TCP4ServerEndpoint,
-        TCP6ServerEndpoint,
-        UNIXServerEndpoint,
-    )
-
     kinds = (TCP4ServerEndpoint, TCP6ServerEndpoint, UNIXServerEndpoint,
              AdoptedStreamServerEndpoint)
     for listener in config.listeners:

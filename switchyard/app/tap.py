@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from typing import NoReturn
 
 from twisted.application import service
 from twisted.logger import Logger
@@ -37,11 +38,10 @@ class Options(usage.Options):
 
     def postOptions(self) -> None:
         if not self["config"]:
-            raise usage.UsageError("--config FILE is required")
+            _usage_error("--config FILE is required")
         workers = self["workers"]
         if workers is not None and not 1 <= workers <= MAX_WORKERS:
-            raise usage.UsageError(f"--workers: must be between 1 and {MAX_WORKERS}, "
-                                   f"got {workers}")
+            _usage_error(f"--workers: must be between 1 and {MAX_WORKERS}, got {workers}")
         from switchyard.relay import internals
         from switchyard.relay.reactor import install
 
@@ -66,6 +66,13 @@ class Options(usage.Options):
                 summary += f"\nworkers: {self.workers}"
             sys.stdout.write(summary + "\nconfig OK\n")
             raise SystemExit(0)
+
+
+def _usage_error(problem: str) -> NoReturn:
+    """A bad command line: one line on stderr and exit status 2, whatever
+    Twisted version parses it (twistd before 25 exits 0 on a UsageError)."""
+    sys.stderr.write(f"switchyard: {problem} (see twistd switchyard --help)\n")
+    raise SystemExit(2)
 
 
 def describe(config: Config) -> str:

@@ -33,7 +33,6 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from switchyard.matchers._names import printable
 from switchyard.targets.tunnels.channel import QUIET, TunnelChannel
 from switchyard.targets.tunnels.registry import (
     Agent,
@@ -47,6 +46,7 @@ from switchyard.targets.tunnels.settings import (
     TunnelSpec,
     fingerprint,
 )
+from switchyard.wire.text import printable
 
 log = Logger(namespace="switchyard.tunnel")
 
