@@ -12,6 +12,7 @@ from switchyard.config import matcher_factories, target_kinds
 from switchyard.interfaces import NEED_MORE, NO, Match, MatchResult, OptionError
 from switchyard.matchers.gateway import GatewayMatcherFactory
 from switchyard.targets.gateway.crypto import Kdf
+from switchyard.testing import check_opening, check_refuses
 from switchyard.wire.gateway import (
     FRONTD_LINE_LIMIT,
     BinaryOpening,
@@ -103,9 +104,14 @@ class RecognitionTests(TestCase):
 
 class OtherProtocolTests(TestCase):
     def test_capturedOpeningsOfOtherProtocolsAreNo(self) -> None:
-        for name, data in all_vectors().items():
-            if not name.startswith("frontd"):
-                self.assertIs(gateway.match(data, {}), NO, name)
+        others = [data for name, data in all_vectors().items() if not name.startswith("frontd")]
+        check_refuses(gateway, others)  # at every prefix, never a Match
+        for data in others:
+            self.assertIs(gateway.match(data, {}), NO)
+
+    def test_readmeLineIsAwaitedThenMatched(self) -> None:
+        self.assertEqual(check_opening(gateway, README_LINE[:11]).facts,
+                         {"gateway_mode": "line"})
 
     def test_sshTlsAndPlainHttpAreNo(self) -> None:
         self.assertIs(gateway.match(b"SSH-2.0-OpenSSH_9.2p1 Debian-2\r\n", {}), NO)
