@@ -156,14 +156,29 @@ servers = ["127.0.0.1:{sshd}"]
 """
 
 
-def port_if_free(port: int) -> int:
-    """C{port} if nothing listens on 127.0.0.1:port now, else a free one."""
-    with socket.socket() as s:
-        try:
-            s.bind((LOCALHOST, port))
-        except OSError:
-            return free_port()
-    return port
+def free_ports(count: int, wanted: tuple[int, ...] = ()) -> list[int]:
+    """
+    C{count} distinct ports free on 127.0.0.1 a moment ago (held bound all at
+    once, so no two are the same), then each of C{wanted} if it is free too,
+    else another distinct free one.
+    """
+    held = []
+    try:
+        for _ in range(count):
+            sock = socket.socket()
+            held.append(sock)
+            sock.bind((LOCALHOST, 0))
+        for port in wanted:
+            sock = socket.socket()
+            held.append(sock)
+            try:
+                sock.bind((LOCALHOST, port))
+            except OSError:
+                sock.bind((LOCALHOST, 0))
+        return [int(sock.getsockname()[1]) for sock in held]
+    finally:
+        for sock in held:
+            sock.close()
 
 
 def blackhole_port(testcase: unittest.TestCase) -> int:
@@ -286,21 +301,24 @@ class GatewayEndToEndTests(unittest.TestCase):
 
         self.digest = traffic.DigestServer()
         self.addCleanup(self.digest.stop)
-        self.closed_port = free_port()
         self.blackhole = blackhole_port(self)
-        self.outside_port = free_port()  # an address the allow-list leaves out
+        self.sshd = start_sshd(self)  # (listening before the ports below are chosen)
+        names = ("closed", "outside", "web", "pp", "tls", "huang", "front", "relay", "pbkdf2",
+                 "pp_listener", "shared", "readme_listener")
+        *found, readme, vector_port = free_ports(len(names), (README_PORT, VECTOR_PORT))
+        free = dict(zip(names, found, strict=True))
+        self.closed_port = free["closed"]
+        self.outside_port = free["outside"]  # an address the allow-list leaves out
         self.ca = make_ca(os.path.join(folder, "ca"))
         self.ca.issue(["a.example.com"], os.path.join(folder, "a"))
-        self.nginx_ports = {"web": free_port(), "pp": free_port(), "tls": free_port(),
-                            "readme": port_if_free(README_PORT),
-                            "vector": port_if_free(VECTOR_PORT)}
+        self.nginx_ports = {"web": free["web"], "pp": free["pp"], "tls": free["tls"],
+                            "readme": readme, "vector": vector_port}
         self.nginx = start_nginx(self, NGINX.replace("{certs}", folder), ports=self.nginx_ports)
-        self.sshd = start_sshd(self)
         allowed = [self.digest.port, self.closed_port, self.blackhole,
                    self.nginx_ports["web"], self.nginx_ports["pp"]]
-        self.ports = {name: free_port() for name in ("huang", "front", "relay", "pbkdf2",
-                                                      "pp_listener", "shared",
-                                                      "readme_listener")}
+        self.ports = {name: free[name] for name in ("huang", "front", "relay", "pbkdf2",
+                                                     "pp_listener", "shared",
+                                                     "readme_listener")}
         self.access_log = os.path.join(folder, "access.log")
         values: dict[str, Any] = {
             **self.nginx_ports, **self.ports, "sshd": self.sshd.port,
