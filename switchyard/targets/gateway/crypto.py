@@ -320,7 +320,9 @@ class Keyring:
     blob (the same line comes back with every connection of a client, and
     a PBKDF2 derivation costs milliseconds); failures are never cached, so
     every failure costs the full work and random blobs cannot push good
-    entries out.
+    entries out. L{open} does it all in one call; the gateway target calls
+    L{cached}, L{unlock} (in a thread for PBKDF2) and L{remember} apart, so
+    that the cache is only ever touched from the reactor thread.
     """
 
     def __init__(self, secrets: Iterable[Secret], kdf: Kdf = Kdf.MD5,
