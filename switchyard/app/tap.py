@@ -14,11 +14,9 @@ from twisted.python import usage
 
 from switchyard.config import MAX_WORKERS, Config, ConfigError, load
 from switchyard.observe.explain import (
-    explain_config,
+    explanation_text,
     parse_client,
     read_opening,
-    render,
-    render_opening,
     route_conditions,
     unreachable_routes,
 )
@@ -116,10 +114,8 @@ def explain_command(config: Config, paths: list[str], *, hex_text: bool = False,
         openings = [(path, read_opening(path, hex_text)) for path in paths]
         for path, data in openings:
             source = "standard input" if path == "-" else path
-            sys.stdout.write(render_opening(data, source) + "\n")
-            for explanation in explain_config(config, data, listener=listener, client=address,
-                                              closed=closed):
-                sys.stdout.write("\n".join(render(explanation)) + "\n")
+            sys.stdout.write(explanation_text(config, data, source, listener=listener,
+                                              client=address, closed=closed))
     except (ValueError, KeyError) as e:
         sys.stderr.write(f"switchyard: explain: {e.args[0] if e.args else e}\n")
         return 1

@@ -73,6 +73,8 @@ class HTTPMatcher:
         if self.methods is not None and head.method not in self.methods:
             return f"method {head.method!r} is not one of {one_of(sorted(self.methods))}"
         if self.paths is not None and not head.path.startswith(self.paths):
+            if len(self.paths) == 1:
+                return f"path {quote(head.path)} does not start with {self.paths[0]}"
             return f"path {quote(head.path)} starts with none of {one_of(self.paths)}"
         if self.host is not None:
             if not head.header_complete:

@@ -183,5 +183,5 @@ class WebSocketMatcherFactory:
             host=opts.names("host"),
             path=compile_path_condition(exact, prefixes),
             host_patterns=opts.texts("host") or (),
-            paths="one of " + one_of(wanted),
+            paths=wanted[0] if len(wanted) == 1 else "one of " + one_of(wanted),
         )

@@ -179,6 +179,9 @@ def explain_opening(listener: Listener, data: bytes, *, client: IAddress | None 
             if assumed:
                 notes.append("taken as sent by a trusted front (accept_proxy), since it "
                              "starts with a PROXY header")
+            else:
+                notes.append("the client is a trusted front (accept_proxy): it must send a "
+                             "PROXY header first")
             try:
                 header = read_header(data)
             except BadProxyHeader as e:
@@ -190,8 +193,8 @@ def explain_opening(listener: Listener, data: bytes, *, client: IAddress | None 
                              f"inspect_timeout ({listener.inspect_timeout:g}s) the switch "
                              "closes the connection")
             source, destination, length = header
-            notes.append(f"PROXY header ({proxy_like}, {length} bytes) from the front "
-                         f"{format_address(who)}: " + (
+            sender = "the front" if assumed else f"the front {format_address(who)}"
+            notes.append(f"PROXY header ({proxy_like}, {length} bytes) from {sender}: " + (
                              f"the client is {format_address(source)}" if source is not None
                              else "no address (LOCAL): the front's own connection"))
             if source is not None:
@@ -373,6 +376,17 @@ def explain_config(config: Config, data: bytes, *, listener: str | None = None,
 def render_opening(data: bytes, source: str) -> str:
     """The line that introduces an opening."""
     return f"opening: {len(data)} bytes from {source}: {preview(data, 16)}"
+
+
+def explanation_text(config: Config, data: bytes, source: str, *, listener: str | None = None,
+                     client: IAddress | None = None, closed: bool = False) -> str:
+    """What C{switchyard explain} prints for one opening: the opening, then
+    its explanation on each listener (or the one named)."""
+    lines = [render_opening(data, source)]
+    for explanation in explain_config(config, data, listener=listener, client=client,
+                                      closed=closed):
+        lines.extend(render(explanation))
+    return "\n".join(lines) + "\n"
 
 
 def read_opening(path: str, hex_text: bool = False) -> bytes:
