@@ -180,8 +180,8 @@ def explain_opening(listener: Listener, data: bytes, *, client: IAddress | None 
                 notes.append("taken as sent by a trusted front (accept_proxy), since it "
                              "starts with a PROXY header")
             else:
-                notes.append("the client is a trusted front (accept_proxy): it must send a "
-                             "PROXY header first")
+                notes.append(f"{format_address(who)} is a trusted front (accept_proxy): it "
+                             "must send a PROXY header first")
             try:
                 header = read_header(data)
             except BadProxyHeader as e:
