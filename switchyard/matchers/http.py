@@ -79,7 +79,7 @@ class HTTPMatcher:
         if self.host is not None:
             if not head.header_complete:
                 return (f"header block incomplete after {len(data)} bytes (the host condition "
-                        "waits for the Host field)")
+                        "waits for its end)")
             host = head.host
             if host is None or not self.host(host):
                 return name_refused("Host", host, self.host_patterns) + (
