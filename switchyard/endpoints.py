@@ -110,27 +110,34 @@ def _check_description(description: str, client: bool) -> None:
             raise ValueError(f"interface {interface!r} is not an IP address")
 
 
-def _endpoint_problem(value: str, e: Exception) -> str:
+def _looks_like_host(host: str) -> bool:
+    """A name or address meant as a host (not an endpoint type such as 'tcp')."""
+    return "." in host or ":" in host or host == "localhost"
+
+
+def _endpoint_problem(value: str, e: Exception, client: bool = False) -> str:
     """A Twisted endpoint parser's exception, said in words."""
     message = str(e)
     unknown = re.search(r"Unknown endpoint type: '([^']*)'", message)
     if unknown:
-        kind = unknown.group(1)
-        host_port = _HOST_PORT.match(value)
-        if host_port:
-            return f"port {host_port.group('port')} is out of range (1 to 65535)"
-        if re.fullmatch(r"[\w.-]+|\[[0-9a-fA-F:.]+\]", value):
+        if ":" not in value:
             return f"{value!r} has no port: write '{value}:PORT'"
+        host_port = _HOST_PORT.match(value)
+        if host_port and (client or _looks_like_host(host_port.group("host") or "::")):
+            return f"port {host_port.group('port')} is out of range (1 to 65535)"
         known = ", ".join(sorted(_ENDPOINT_TYPES - {"tls"}))
-        return f"unknown endpoint type {kind!r} (known: {known}, and plugins')"
+        return f"unknown endpoint type {unknown.group(1)!r} (known: {known}, and plugins')"
     keyword = re.search(r"unexpected keyword argument '([^']*)'", message)
     if keyword:
         return f"unknown parameter {keyword.group(1)!r}"
     if isinstance(e, OSError) and e.filename:
         return f"cannot read {e.filename!r}: {e.strerror}"
+    if "key values mismatch" in message or "keys do not match" in message:
+        _, _, files = _split_description(value)
+        key, cert = files.get("privateKey"), files.get("certKey", files.get("privateKey"))
+        return (f"the private key {key!r} does not belong to the certificate {cert!r} (they "
+                "are not a pair)")
     if isinstance(e, SSL.Error):
-        if "key values mismatch" in message:
-            return "the private key does not belong to the certificate (they are not a pair)"
         return "a key or certificate file cannot be used: " + (_openssl_reason(e) or message)
     literal = re.search(r"invalid literal for int\(\) with base 10: ('[^']*')", message)
     if literal:
@@ -168,7 +175,8 @@ def client_endpoint(key: str, value: Any, reactor: Any, timeout: float) -> IStre
         _check_description(value, client=True)
         return clientFromString(reactor, value)
     except Exception as e:
-        raise OptionError(key, f"bad endpoint {value!r}: {_endpoint_problem(value, e)}")
+        raise OptionError(key, f"bad endpoint {value!r}: "
+                               f"{_endpoint_problem(value, e, client=True)}")
 
 
 def ip_socket_address(value: str) -> tuple[int, tuple[str, int]] | None:
@@ -215,10 +223,9 @@ def server_endpoint(key: str, value: str, reactor: Any) -> IStreamServerEndpoint
     if description.startswith("systemd:"):
         return SystemdEndpoint.parse(key, description, reactor)
     host_port = _HOST_PORT.match(value)
-    if host_port and description == value and not value.startswith(tuple(
-            f"{kind}:" for kind in _ENDPOINT_TYPES)):
+    host = host_port and (host_port.group("v6") or host_port.group("host") or "")
+    if host_port and description == value and host and _looks_like_host(host):
         # The short form with a host name or a port out of range.
-        host = host_port.group("v6") or host_port.group("host") or ""
         port = int(host_port.group("port"))
         if not 0 < port < 65536:
             raise OptionError(key, f"bad listen endpoint {value!r}: port {port} is out of "
