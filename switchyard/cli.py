@@ -193,7 +193,9 @@ def _explain_listen(config: Any, args: argparse.Namespace) -> int:
             # After this connection has gone its way (closed or relayed).
             reactor.callLater(0.5 if args.relay else 0, reactor.stop)
 
-    observer = ExplainingObserver(listener, write, save, relaying=args.relay, done=done)
+    # Explained as the listener it is, at the address it is tried on.
+    observer = ExplainingObserver(attr.evolve(listener, listen=args.listen), write, save,
+                                  relaying=args.relay, done=done)
     served = listener if args.relay else closing_routes(listener)
     served = attr.evolve(served, listen=args.listen, endpoint=endpoint, openings=observer,
                          accept_proxy=listener.accept_proxy)
