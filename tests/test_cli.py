@@ -9,10 +9,10 @@ import socket
 import subprocess
 import sys
 
-import twisted
 from twisted.trial import unittest
 
 import switchyard
+import twisted
 from switchyard.cli import COMMANDS, parser, twistd_argv
 from tests.daemon import REPO, env, run_twistd, write_config
 from tests.peers import free_port, start_process
@@ -61,7 +61,7 @@ class CommandTests(unittest.TestCase):
     def test_subcommandsAreTheRegistry(self) -> None:
         # A new subcommand is one entry in COMMANDS: the parser takes it from there.
         help_text = parser().format_help()
-        for name, (summary, _, _) in COMMANDS.items():
+        for summary, _, _ in COMMANDS.values():
             self.assertIn(summary, help_text)
 
     def test_checkIsTwistdCheck(self) -> None:
