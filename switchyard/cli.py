@@ -16,7 +16,11 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import attr
+from zope.interface import implementer
+
 import switchyard
+from switchyard.interfaces import IRuntime
 
 Setup = Callable[[argparse.ArgumentParser], None]
 Run = Callable[[argparse.Namespace], int]
@@ -65,12 +69,20 @@ def twistd_argv(args: argparse.Namespace) -> list[str]:
     return argv
 
 
-def _run(args: argparse.Namespace) -> int:
+def _twistd(argv: list[str]) -> int:
+    """Run twistd with ``argv``; its exit status."""
     from twisted.scripts import twistd
 
-    sys.argv = ["switchyard run", *twistd_argv(args)]
-    twistd.run()
+    sys.argv = ["switchyard", *argv]
+    try:
+        twistd.run()
+    except SystemExit as e:
+        return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
     return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    return _twistd(twistd_argv(args))
 
 
 # -- check --------------------------------------------------------------------
@@ -81,22 +93,11 @@ def _setup_check(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", type=int, help="worker processes (overrides the config's)")
 
 
-def _tap_options(argv: list[str]) -> int:
-    """Parse ``argv`` as ``twistd switchyard`` would; its exit status."""
-    from switchyard.app.tap import Options
-
-    try:
-        Options().parseOptions(argv)
-    except SystemExit as e:
-        return e.code if isinstance(e.code, int) else 1
-    return 0
-
-
 def _check(args: argparse.Namespace) -> int:
-    argv = ["--check", "--config", args.config]
+    argv = ["switchyard", "--check", "--config", args.config]
     if args.workers is not None:
         argv += ["--workers", str(args.workers)]
-    return _tap_options(argv)
+    return _twistd(argv)
 
 
 # -- explain ------------------------------------------------------------------
@@ -128,23 +129,32 @@ def _explain(args: argparse.Namespace) -> int:
     if bool(args.openings) == bool(args.listen):
         sys.stderr.write("switchyard: explain: give OPENING files, or --listen ADDR\n")
         return 2
-    config_argv = ["--config", args.config]
-    from switchyard.app.tap import Options, explain_command
+    if args.listen:
+        return _explain_listen(args)
+    argv = ["switchyard", "--config", args.config]
+    for path in args.openings:
+        argv += ["--explain", path]
+    for flag in ("hex", "closed"):
+        if getattr(args, flag):
+            argv.append(f"--{flag}")
+    for option in ("client", "listener"):
+        if getattr(args, option) is not None:
+            argv += [f"--{option}", getattr(args, option)]
+    return _twistd(argv)
 
-    options = Options()
-    try:
-        options.parseOptions(config_argv)  # compiles the config, or says why not
-    except SystemExit as e:
-        return e.code if isinstance(e.code, int) else 1
-    if args.openings:
-        return explain_command(options.compiled, args.openings, hex_text=args.hex,
-                               client=args.client, closed=args.closed, listener=args.listener)
-    return _explain_listen(options.compiled, args)
+
+@implementer(IRuntime)
+@attr.s(auto_attribs=True)
+class _Runtime:
+    """What explain --listen --relay hands the running targets: the reactor only."""
+
+    reactor: Any
+    access_log: Any = None
+    metrics: Any = None
 
 
-def _explain_listen(config: Any, args: argparse.Namespace) -> int:
+def _explain_listen(args: argparse.Namespace) -> int:
     """Serve one listener's routes on ``--listen``, explaining each connection."""
-    import attr
     from twisted.internet import reactor
     from twisted.logger import (
         FilteringLogObserver,
@@ -154,12 +164,18 @@ def _explain_listen(config: Any, args: argparse.Namespace) -> int:
         textFileLogObserver,
     )
 
-    from switchyard.app.service import targets_service
+    from switchyard.config import ConfigError, load
     from switchyard.endpoints import server_endpoint
-    from switchyard.interfaces import OptionError
+    from switchyard.interfaces import IRunningTarget, OptionError
     from switchyard.listener import ListenerBooks
     from switchyard.observe.explain import ExplainingObserver, closing_routes
     from switchyard.observe.samples import SampleStore
+
+    try:
+        config = load(args.config, reactor)
+    except ConfigError as e:
+        sys.stderr.write(f"switchyard: config error in {args.config}: {e}\n")
+        return 1
 
     chosen = [each for each in config.listeners
               if args.listener is None or each.name == args.listener]
@@ -199,12 +215,13 @@ def _explain_listen(config: Any, args: argparse.Namespace) -> int:
     served = listener if args.relay else closing_routes(listener)
     served = attr.evolve(served, listen=args.listen, endpoint=endpoint, openings=observer,
                          accept_proxy=listener.accept_proxy)
-    targets = targets_service(config) if args.relay else None
+    running = [target for target in config.targets.values()
+               if args.relay and IRunningTarget.providedBy(target)]
     failed: list[str] = []
 
     def start() -> None:
-        if targets is not None:
-            targets.startService()
+        for target in running:
+            target.start(_Runtime(reactor))  # health checks, certificate watchers
         d = endpoint.listen(ListenerBooks(served, reactor))
 
         def listening(port: Any) -> None:
@@ -222,8 +239,8 @@ def _explain_listen(config: Any, args: argparse.Namespace) -> int:
 
     reactor.callWhenRunning(start)
     reactor.run()
-    if targets is not None and targets.running:
-        targets.stopService()
+    for target in running:
+        target.stop()
     if failed:
         sys.stderr.write(f"switchyard: explain: cannot listen on {args.listen}: {failed[0]}\n")
         return 1
@@ -269,7 +286,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         top.print_help(sys.stderr)
         return 2
-    if args.command in ("explain", "check"):
+    if args.command == "explain" and args.listen:
         from switchyard.relay.reactor import install
 
         install()  # switchyard's reactor, before anything imports the default one

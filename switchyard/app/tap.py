@@ -26,7 +26,8 @@ log = Logger(namespace="switchyard")
 
 
 class Options(usage.Options):
-    synopsis = "[--check | --explain FILE [--hex] [--client IP]] [--workers N] --config FILE"
+    synopsis = ("[--check | --explain FILE [--hex] [--client IP] [--closed] [--listener NAME]] "
+                "[--workers N] --config FILE")
     longdesc = (
         "Listen on the ports a TOML config names, read the first bytes of every "
         "connection, and relay it to the target of the first route whose matcher "
@@ -38,9 +39,7 @@ class Options(usage.Options):
         ["workers", None, None, "Worker processes sharing the listening sockets, overriding "
                                 "the config's top-level workers (default 1: one process; "
                                 "see docs/workers.md).", int],
-        ["explain", None, None, "Print what each listener does with the opening in FILE (the "
-                                "client's first bytes, raw; - for standard input), route by "
-                                "route and why, and exit (see docs/explain.md)."],
+        ["listener", None, None, "With --explain: explain on this listener only."],
         ["client", None, None, "With --explain: the client's address, IP[:PORT] (allow/deny, "
                                "trusted fronts, the PROXY header sent on)."],
     ]
@@ -51,6 +50,16 @@ class Options(usage.Options):
         ["closed", None, "With --explain: the client closed after sending FILE (the opening "
                          "is final: routes that need more bytes are passed over)."],
     ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self["explain"] = []
+
+    def opt_explain(self, path: str) -> None:
+        """Print what each listener does with the opening in FILE (the client's
+        first bytes, raw; - for standard input), route by route and why, and
+        exit (see docs/explain.md). May be given more than once."""
+        self["explain"].append(path)
 
     def opt_version(self) -> NoReturn:
         """Print switchyard's version and Twisted's, and exit."""
@@ -86,9 +95,10 @@ class Options(usage.Options):
             # Fail before anything listens, naming the key and the problem.
             sys.stderr.write(f"switchyard: config error in {self['config']}: {e}\n")
             raise SystemExit(1)
-        if self["explain"] is not None:
-            raise SystemExit(explain_command(self.compiled, [self["explain"]], hex_text=self["hex"],
-                                             client=self["client"], closed=self["closed"]))
+        if self["explain"]:
+            raise SystemExit(explain_command(self.compiled, self["explain"], hex_text=self["hex"],
+                                             client=self["client"], closed=self["closed"],
+                                             listener=self["listener"]))
         if self["check"]:
             summary = describe(self.compiled)
             if self.workers > 1:

@@ -462,7 +462,11 @@ class ExplainingObserver:
     def sniffed(self, connection: Any, route: Route | None, reason: str) -> None:
         self.count += 1
         try:
-            self.write("\n".join(self.lines(connection, route, reason)) + "\n")
+            text = "\n".join(self.lines(connection, route, reason))
+        except Exception as e:  # a diagnostic must never break the connection
+            text = f"connection {self.count}: cannot explain it: {type(e).__name__}: {e}"
+        try:
+            self.write(text + "\n")
         finally:
             if self.done is not None:
                 self.done(self.count)
