@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
@@ -26,9 +25,6 @@ class Options:
             if key not in accepted:
                 if accepted:
                     known = "accepted options: " + ", ".join(sorted(accepted))
-                    close = difflib.get_close_matches(str(key), [str(a) for a in accepted], n=1)
-                    if close:
-                        known = f"did you mean {close[0]!r}? {known}"
                 else:
                     known = "this matcher takes no options"
                 raise OptionError(str(key), f"unknown option ({known})")

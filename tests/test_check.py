@@ -136,7 +136,8 @@ to = "web"
         self.assertRefused(routes('match = "any"\ntoo = "web"'),
                            "listener.main.route[0].too: unknown key: did you mean 'to'?")
         self.assertRefused(routes('match = "tls"\nsnl = "a.test"\nto = "web"'),
-                           "listener.main.route[0].snl: unknown option (did you mean 'sni'?")
+                           "listener.main.route[0].snl: unknown option (accepted options: "
+                           "alpn, min_version, no_sni, sni)")
 
     def test_listenPortThatIsNotANumber(self) -> None:
         self.assertRefused(routes('match = "any"\nto = "web"').replace(
