@@ -115,27 +115,27 @@ class ExplainCommandTests(unittest.TestCase):
 
     def test_explainCommandPrintsTheGoldenText(self) -> None:
         out = run_switchyard("explain", "--config", f"{GOLDEN}/switchyard.toml", "--listener",
-                             "main", "tests/vectors/tls_sni_openssl.bin")
+                             "main", "tests/vectors/explain/tls_sni_openssl.bin")
         self.assertEqual((out.returncode, out.stdout), (0, golden("tls_sni")), out.stderr)
 
     def test_twistdExplainPrintsTheGoldenText(self) -> None:
         out = run_twistd("switchyard", "--config", f"{GOLDEN}/switchyard.toml", "--explain",
-                         "tests/vectors/garbage.bin")
+                         "tests/vectors/explain/garbage.bin")
         self.assertEqual((out.returncode, out.stdout), (0, golden("garbage_on_every_listener")),
                          out.stderr)
         out = run_twistd("switchyard", "--config", f"{GOLDEN}/switchyard.toml", "--explain",
-                         "tests/vectors/http_curl.bin", "--client", "10.9.9.9:50000")
+                         "tests/vectors/explain/http_curl.bin", "--client", "10.9.9.9:50000")
         self.assertEqual(out.stdout.split("\nlistener front")[0] + "\n", golden("curl_denied"))
 
     def test_hexFromStandardInput(self) -> None:
-        with open(os.path.join(REPO, "tests/vectors/ssh_openssh.bin"), "rb") as f:
+        with open(os.path.join(REPO, "tests/vectors/explain/ssh_openssh.bin"), "rb") as f:
             hex_text = f.read().hex(" ", 4)
         out = subprocess.run([sys.executable, "-m", "switchyard", "explain", "--config",
                               f"{GOLDEN}/switchyard.toml", "--listener", "main", "--hex", "-"],
                              input=hex_text, capture_output=True, text=True, timeout=60,
                              env={**os.environ, **env()}, cwd=REPO)
         self.assertEqual(out.returncode, 0, out.stderr)
-        self.assertEqual(out.stdout, golden("ssh").replace("tests/vectors/ssh_openssh.bin",
+        self.assertEqual(out.stdout, golden("ssh").replace("tests/vectors/explain/ssh_openssh.bin",
                                                            "standard input"))
 
     def test_mistakesAreOneLine(self) -> None:
@@ -144,10 +144,10 @@ class ExplainCommandTests(unittest.TestCase):
             ((), 2, "give OPENING files, or --listen ADDR"),
             (("x.bin", "--listen", "127.0.0.1:1"), 2, "give OPENING files, or --listen ADDR"),
             (("/nonexistent.bin",), 1, "cannot read '/nonexistent.bin': No such file"),
-            (("--hex", "tests/vectors/garbage.bin"), 1, "is not hex text"),
-            (("--client", "a.test", "tests/vectors/garbage.bin"), 1,
+            (("--hex", "tests/vectors/explain/garbage.bin"), 1, "is not hex text"),
+            (("--client", "a.test", "tests/vectors/explain/garbage.bin"), 1,
              "'a.test' is not an IP address"),
-            (("--listener", "nope", "tests/vectors/garbage.bin"), 1, "no listener 'nope'"),
+            (("--listener", "nope", "tests/vectors/explain/garbage.bin"), 1, "no listener 'nope'"),
         ]:
             out = run_switchyard("explain", "--config", config, *args)
             self.assertEqual(out.returncode, status, (args, out.stderr))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -14,13 +15,13 @@ from switchyard.interfaces import NEED_MORE, NO, IExplainingMatcher, IMatcher, M
 from switchyard.matchers import simple_matcher, text
 from switchyard.observe.explain import default_reason, reason_for, walk
 from tests.fakes import RecordingTarget, ScriptedMatcher
-from tests.openings import all_vectors, mutated_openings, vector
+from tests.openings import VECTORS, all_vectors, mutated_openings, vector
 
-TLS_SNI = vector("tls_sni_openssl.bin")  # SNI a.test, ALPN h2 and http/1.1, TLS 1.3
-TLS_NO_SNI = vector("tls_nosni_openssl.bin")
+TLS_SNI = vector("explain/tls_sni_openssl.bin")  # SNI a.test, ALPN h2 and http/1.1, TLS 1.3
+TLS_NO_SNI = vector("explain/tls_nosni_openssl.bin")
 OBFS_TLS = vector("obfs_tls_client_to_server.bin")  # TLS 1.2, SNI www.bing.com
 OBFS_HTTP = vector("obfs_http_client_to_server.bin")
-CURL = vector("http_curl.bin")  # GET /hello?x=1, Host a.test
+CURL = vector("explain/http_curl.bin")  # GET /hello?x=1, Host a.test
 WEBSOCKET = vector("websockets17_genuine_handshake.bin")  # GET /stream
 
 
@@ -132,7 +133,7 @@ class OtherReasonTests(TestCase):
         self.assertEqual(said("ssh", b"SSH-2.0-x"),
                          ("need more", "identification line incomplete: no line end in 9 "
                                        "bytes (waiting for one, or for 255 bytes)"))
-        self.assertEqual(said("ssh", vector("ssh_openssh.bin")),
+        self.assertEqual(said("ssh", vector("explain/ssh_openssh.bin")),
                          ("match", "identification line 'SSH-2.0-OpenSSH_9.2p1 "
                                    "Debian-2+deb12u10'"))
         self.assertEqual(said("ssh", CURL),
@@ -203,7 +204,9 @@ class EveryBuiltinExplainsTests(TestCase):
         self.assertEqual(set(OPTIONS), set(matcher_factories()) & set(OPTIONS))
 
     @settings(max_examples=300, deadline=None)
-    @given(mutated_openings(list(all_vectors().values())))
+    @given(mutated_openings([*all_vectors().values(), *(
+        vector(f"explain/{name}") for name in sorted(os.listdir(f"{VECTORS}/explain"))
+        if name.endswith(".bin"))]))
     def test_reasonsNeverRaiseAndAreNeverEmpty(self, data: bytes) -> None:
         for name, option_sets in OPTIONS.items():
             for options in option_sets:

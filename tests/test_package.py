@@ -153,7 +153,8 @@ class InstalledWheelTests(unittest.TestCase):
         golden = os.path.join(REPO, "tests", "explain_golden")
         out = run(os.path.join(bin_dir, "switchyard"), "explain", "--config",
                   os.path.join(golden, "switchyard.toml"), "--listener", "main",
-                  os.path.join(REPO, "tests", "vectors", "tls_pq_tlslite.bin"), cwd=outside)
+                  os.path.join(REPO, "tests", "vectors", "explain", "tls_pq_tlslite.bin"),
+                  cwd=outside)
         with open(os.path.join(golden, "tls_post_quantum.txt"), encoding="utf-8") as f:
             expected = f.read()
         self.assertEqual(out.split("\n", 1)[1], expected.split("\n", 1)[1])
