@@ -32,7 +32,7 @@ DISTRIBUTION = "txswitchyard"
 # What setup.cfg's lower bounds name, pinned (Twisted's oldest is run by scripts/test).
 LOWEST = ["service-identity==23.1.0", "pyopenssl==24.0.0", "cryptography==42.0.0",
           "prometheus_client==0.17.0", "zope.interface==6.0", "attrs==22.2.0"]
-_NOT_SOURCE = shutil.ignore_patterns(".git", ".venv", "build", "dist", "_trial_temp*", "*.egg-info",
+_NOT_SOURCE = shutil.ignore_patterns(".git", ".venv*", "build", "dist", "_trial_temp*", "*.egg-info",
                                      "__pycache__", ".mypy_cache", ".ruff_cache",
                                      ".hypothesis", "dropin.cache", "package-build")
 
