@@ -32,8 +32,8 @@ DISTRIBUTION = "txswitchyard"
 # What setup.cfg's lower bounds name, pinned (Twisted's oldest is run by scripts/test).
 LOWEST = ["service-identity==23.1.0", "pyopenssl==24.0.0", "cryptography==42.0.0",
           "prometheus_client==0.17.0", "zope.interface==6.0", "attrs==22.2.0"]
-_NOT_SOURCE = shutil.ignore_patterns(".git", ".venv*", "build", "dist", "_trial_temp*", "*.egg-info",
-                                     "__pycache__", ".mypy_cache", ".ruff_cache",
+_NOT_SOURCE = shutil.ignore_patterns(".git", ".venv*", "build", "dist", "_trial_temp*",
+                                     "*.egg-info", "__pycache__", ".mypy_cache", ".ruff_cache",
                                      ".hypothesis", "dropin.cache", "package-build")
 
 
@@ -109,8 +109,8 @@ class DistributionTests(unittest.TestCase):
         self.assertNotIn("twisted/plugins/__init__.py", files)
         self.assertTrue(any(name.endswith("/LICENSE") for name in files if info in name))
         self.assertIn(f"Name: {DISTRIBUTION}\n", metadata)
-        self.assertIn("License: MIT\n", metadata)
-        self.assertIn("Classifier: License :: OSI Approved :: MIT License\n", metadata)
+        # (An SPDX expression; license classifiers are deprecated.)
+        self.assertRegex(metadata, r"\nLicense(-Expression)?: MIT\n")
         self.assertIn("switchyard = switchyard.cli:entry_point", entry_points)
         for requirement in requirements("options", "install_requires"):
             self.assertIn(normalized(requirement), normalized_requires(metadata))
