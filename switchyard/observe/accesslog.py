@@ -41,6 +41,13 @@ def format_facts(facts: dict[str, Any]) -> str:
     return " ".join(parts)
 
 
+_ACCESS_FIELDS = ("client", "listener", "route", "server", "facts_text", "bytes_in",
+                  "bytes_out", "duration", "relay", "reason", "detail_text")
+# ACCESS_FORMAT as a compiled f-string: the same line without parsing the
+# format at every connection (str.format took a third of the access event).
+_access_line = eval(f"lambda {', '.join(_ACCESS_FIELDS)}: f{ACCESS_FORMAT!r}")
+
+
 def emit_access_event(connection: Any, sink: AccessLogFile | None = None) -> None:
     """Log one connection's outcome with structured fields, or write its
     line to ``sink``, the access log file, when one is configured.
@@ -52,6 +59,15 @@ def emit_access_event(connection: Any, sink: AccessLogFile | None = None) -> Non
     facts = {k: v for k, v in connection.facts.items() if k not in _CONNECTION_FACTS}
     route = connection.route.name if connection.route is not None else "-"
     detail = connection.detail
+    if sink is not None and not sink.json:
+        # The usual case, a line to the access log file: no fields dict.
+        sink.write(_access_line(
+            format_address(connection.client_address), connection.listener_label, route,
+            connection.server or "-", format_facts(facts) if facts else "",
+            connection.bytes_in, connection.bytes_out,
+            connection.reactor.seconds() - connection.started, connection.relay_kind,
+            connection.reason or "normal", f" ({detail})" if detail else ""))
+        return
     fields = dict(
         client=format_address(connection.client_address),
         listener=connection.listener_label,
