@@ -24,12 +24,12 @@ ON_SWITCHYARDS_REACTOR = hasattr(reactor, "adopt")
 
 
 class AcceptTests(unittest.TestCase):
-    def serve(self, routes: list[dict[str, Any]], **listener: Any) -> ListenerService:
+    def serve(self, routes: list[dict[str, Any]], listen: str = f"tcp:0:interface={LOCALHOST}",
+              **listener: Any) -> ListenerService:
         backend = traffic.DigestServer()
         self.addCleanup(backend.stop)
         config = compile_config({
-            "listener": {"t": {"listen": f"tcp:0:interface={LOCALHOST}", "route": routes,
-                               **listener}},
+            "listener": {"t": {"listen": listen, "route": routes, **listener}},
             "backend": {"b": {"servers": [f"{LOCALHOST}:{backend.port}"]}}}, reactor)
         served = ListenerService(config.listeners[0], reactor)
         served.open()
@@ -53,6 +53,28 @@ class AcceptTests(unittest.TestCase):
         self.assertEqual([(e["relay"], e["reason"]) for e in access.events],
                          [("splice", "normal")] * 2)
         self.assertFalse(served.factory.connections)
+
+    @defer.inlineCallbacks
+    def test_ipv6ClientIsNamedAsTwistedWouldName(self) -> None:
+        """An IPv6 listener: the client's address and facts are the same as
+        Twisted's port gives (host ::1, its port), through either accept."""
+        served = self.serve([{"match": "any", "to": "b"}], listen="tcp6:0:interface=\\:\\:1")
+        self.assertEqual(isinstance(served.acceptor, Acceptor), ON_SWITCHYARDS_REACTOR)
+        access = CapturedEvents(self)
+
+        def exchange_from_v6() -> int:
+            with socket.create_connection(("::1", self.port(served)), timeout=30) as s:
+                mine = s.getsockname()[1]
+                s.sendall(traffic.MAGIC + b"\x00\x00\x00\x01\x00\x00\x00\x05")
+                s.shutdown(socket.SHUT_WR)
+                recv_all(s)
+            return int(mine)
+
+        port = yield in_thread(exchange_from_v6)
+        yield until(lambda: access.events, "the access line")
+        [event] = access.events
+        self.assertEqual(event["client"], f"[::1]:{port}")
+        self.assertEqual(event["reason"], "normal")
 
     @defer.inlineCallbacks
     def test_fastPathOffAcceptsThroughTwisted(self) -> None:
