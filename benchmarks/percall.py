@@ -44,7 +44,7 @@ import bench  # noqa: E402
 
 HOST = bench.HOST
 REQUEST = f"GET {bench.WEB_PATH} HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n".encode()
-WHAT = ("cpu", "calls", "syscalls", "instructions", "garbage")
+WHAT = ("cpu", "calls", "syscalls", "instructions", "garbage", "samples")
 
 
 # -- the proxy's side: runs in the measured process ---------------------------
@@ -54,10 +54,12 @@ class Meter:
     """Started by SIGUSR1, stopped by SIGUSR2 (then it writes its report and
     the process exits): CPU from getrusage, Python calls from cProfile."""
 
-    def __init__(self, report: Path, calls: bool, stop: Any, garbage: bool = False) -> None:
+    def __init__(self, report: Path, calls: bool, stop: Any, garbage: bool = False,
+                 samples: bool = False) -> None:
         self.report = report
         self.calls = calls
         self.garbage = garbage
+        self.samples: dict[str, list[int]] | None = {} if samples else None
         self.stop = stop
         self.profile: Any = None
         self.before: Any = None
@@ -75,13 +77,37 @@ class Meter:
 
             gc.collect()
             gc.set_debug(gc.DEBUG_SAVEALL)
+        if self.samples is not None:
+            # A statistical profile of CPU time (ITIMER_PROF: user + system
+            # of this process): the Python stack at each tick, without the
+            # per-call cost cProfile adds to small functions.
+            signal.signal(signal.SIGPROF, self._sample)
+            signal.setitimer(signal.ITIMER_PROF, 0.0005, 0.0005)
         import gc
 
         self.gc_before = [s["collections"] for s in gc.get_stats()]
         self.before = resource.getrusage(resource.RUSAGE_SELF)
         print("measuring", flush=True)
 
+    def _sample(self, _signum: int, frame: Any) -> None:
+        assert self.samples is not None
+        seen = set()
+        first = True
+        while frame is not None:
+            code = frame.f_code
+            where = f"{_short(code.co_filename)}:{code.co_firstlineno}({code.co_name})"
+            counts = self.samples.setdefault(where, [0, 0])
+            if first:
+                counts[0] += 1  # where the tick landed: self time
+                first = False
+            if where not in seen:
+                counts[1] += 1  # on the stack: inclusive time
+                seen.add(where)
+            frame = frame.f_back
+
     def finish(self, *_: Any) -> None:
+        if self.samples is not None:
+            signal.setitimer(signal.ITIMER_PROF, 0, 0)
         after = resource.getrusage(resource.RUSAGE_SELF)
         out: dict[str, Any] = {"user_s": after.ru_utime - self.before.ru_utime,
                                "system_s": after.ru_stime - self.before.ru_stime,
@@ -90,7 +116,10 @@ class Meter:
         import gc
 
         out["gc_collections"] = [s["collections"] - b for s, b in
-                                 zip(gc.get_stats(), self.gc_before)]
+                                 zip(gc.get_stats(), self.gc_before, strict=True)]
+        if self.samples is not None:
+            out["samples"] = sorted(([k, *v] for k, v in self.samples.items()),
+                                    key=lambda row: -row[2])
         if self.garbage:
             import collections
             import gc
@@ -122,7 +151,8 @@ def _short(path: str) -> str:
     return path
 
 
-def serve_switchyard(config: Path, report: Path, calls: bool, garbage: bool = False) -> None:
+def serve_switchyard(config: Path, report: Path, calls: bool, garbage: bool = False,
+                     samples: bool = False) -> None:
     from switchyard.relay.reactor import install
 
     reactor = install()
@@ -132,7 +162,7 @@ def serve_switchyard(config: Path, report: Path, calls: bool, garbage: bool = Fa
     service = switch_service(load(str(config), reactor), reactor)
     service.privilegedStartService()
     service.startService()
-    Meter(report, calls, lambda: reactor.callLater(0, reactor.stop), garbage)
+    Meter(report, calls, lambda: reactor.callLater(0, reactor.stop), garbage, samples)
     # switchyard's own log lines (start-up) to stdout.
     from twisted.logger import globalLogBeginner, textFileLogObserver
 
@@ -230,6 +260,8 @@ def measure(a: argparse.Namespace, what: str, workdir: Path, web: int, port: int
         argv.append("--calls")
     if what == "garbage":
         argv.append("--garbage")
+    if what == "samples":
+        argv.append("--samples")
     callgrind_out = workdir / "callgrind.out"
     if what == "instructions":
         argv = ["valgrind", "--tool=callgrind", "--instr-atstart=no",
@@ -305,9 +337,11 @@ def main(argv: Sequence[str]) -> int:
     p.add_argument("--report", help=argparse.SUPPRESS)
     p.add_argument("--calls", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--garbage", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--samples", action="store_true", help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     if a.serve_switchyard:
-        serve_switchyard(Path(a.serve_switchyard), Path(a.report), a.calls, a.garbage)
+        serve_switchyard(Path(a.serve_switchyard), Path(a.report), a.calls, a.garbage,
+                         a.samples)
         return 0
     if a.serve_floor:
         port, backend = map(int, a.serve_floor.split(","))
@@ -358,6 +392,15 @@ def main(argv: Sequence[str]) -> int:
                     print(f"  {total:.2f} system calls per connection: " + ", ".join(
                         f"{k} {v}" for k, v in r["syscalls"].items()))
                     figures.update(syscalls=total, by_syscall=r["syscalls"])
+                elif what == "samples":
+                    total = r["user_s"] + r["system_s"]
+                    ticks = sum(row[1] for row in r["samples"]) or 1
+                    scale = total * 1e6 / n / ticks  # µs of CPU per tick, per connection
+                    print(f"  CPU per connection by Python function (inclusive, then self; "
+                          f"{ticks} ticks, time in C calls counts as their caller's):")
+                    for where, own, inclusive in r["samples"][:a.top]:
+                        print(f"    {inclusive * scale:7.2f} {own * scale:7.2f} µs  {where}")
+                    figures.update(samples=r["samples"][:200])
                 elif what == "garbage":
                     total = sum(count for _kind, count in r["garbage"])
                     print(f"  {total / n:.2f} objects per connection freed only by the "
