@@ -589,9 +589,10 @@ class SpliceRelay:
         side still finds its relay, which is done and ignores it."""
         for side in (self.client, self.peer):
             side.closed = None
-            for d in (getattr(side, "outgoing", None), getattr(side, "incoming", None)):
-                if d is not None:
-                    d.src = d.dst = None  # type: ignore[assignment]
+            # (Each direction is one side's outgoing and the other's incoming.)
+            d = getattr(side, "outgoing", None)  # none if start() failed early
+            if d is not None:
+                d.src = d.dst = None  # type: ignore[assignment]
         self.client = self.peer = None  # type: ignore[assignment]
 
 

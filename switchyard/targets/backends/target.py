@@ -336,6 +336,10 @@ class BackendTarget:
 
     def _pump(self) -> None:
         """Hand freed capacity to queued connections, oldest first."""
+        if not self._queue and not self._pumping:
+            # Nobody waits (the usual release of a connection's server).
+            self._refusing = False
+            return
         if self._pumping:
             # Called back from a connect started below: go round once more.
             self._pump_again = True
