@@ -165,13 +165,14 @@ def _stat(pid: int) -> tuple[str, int] | None:
     return fields[0], int(fields[3])
 
 
-def session_pids(sid: int) -> list[int]:
-    """Live (non-zombie) processes of session ``sid``: a server and all its workers."""
+def session_pids(sid: int, zombies: bool = False) -> list[int]:
+    """Live processes of session ``sid``: a server and all its workers (and,
+    with ``zombies``, those that exited and were not reaped yet)."""
     pids = []
     for entry in os.listdir("/proc"):
         if entry.isdigit():
             st = _stat(int(entry))
-            if st is not None and st[1] == sid and st[0] != "Z":
+            if st is not None and st[1] == sid and (zombies or st[0] != "Z"):
                 pids.append(int(entry))
     return pids
 
@@ -200,11 +201,11 @@ _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 def cpu_seconds(sid: int) -> tuple[float, float]:
-    """User and system CPU seconds used so far by session ``sid``: every live
-    process (all its threads), plus the children it has reaped (sslh-fork's
-    per-connection processes), from /proc/PID/stat."""
+    """User and system CPU seconds used so far by session ``sid``: every
+    process (all its threads), exited ones not reaped yet included, plus the
+    children reaped (sslh-fork's per-connection processes), from /proc/PID/stat."""
     user = system = 0
-    for pid in session_pids(sid):
+    for pid in session_pids(sid, zombies=True):
         try:
             text = Path(f"/proc/{pid}/stat").read_text()
         except OSError:
@@ -642,6 +643,11 @@ def cpu_figures(scenario: str, what: str, unit: str, per: str, scale: float,
         if totals:
             total.values[peer] = statistics.median(totals)
             system.values[peer] = statistics.median(systems)
+    if "sslh-fork" in total.values:
+        # Its per-connection processes exit without being waited for
+        # (SIGCHLD ignored): their CPU reaches no parent's cutime.
+        total.notes["sslh-fork"] = system.notes["sslh-fork"] = (
+            "the parent only: its per-connection processes are not counted once they exit")
     return [total, system]
 
 

@@ -73,7 +73,11 @@ def serve(listen_port: int, backend_port: int, report: object = None) -> None:
                 if dst.eof:
                     close(src)
                     return
-                dst.sock.shutdown(socket.SHUT_WR)
+                try:
+                    dst.sock.shutdown(socket.SHUT_WR)
+                except OSError:
+                    close(src)
+                    return
                 poll.modify(src.fd, 0)
                 return
             try:
@@ -90,6 +94,24 @@ def serve(listen_port: int, backend_port: int, report: object = None) -> None:
                 return
             if n < len(_BUFFER):
                 return
+
+    def handle(side: Side, event: int) -> None:
+        if event & _OUT:
+            # Writable: what the other side had for this one.
+            other = side.other
+            data = other.unsent
+            try:
+                sent = side.sock.send(data) if data else 0
+            except BlockingIOError:
+                sent = 0
+            other.unsent = data[sent:]
+            if other.unsent:
+                return
+            poll.modify(side.fd, 0 if side.eof else _IN)
+            poll.modify(other.fd, 0 if other.eof else _IN)
+            return
+        if event & (_IN | select.EPOLLHUP | select.EPOLLERR):
+            pump(side)
 
     running = True
 
@@ -142,25 +164,11 @@ def serve(listen_port: int, backend_port: int, report: object = None) -> None:
             side = sides.get(fd)
             if side is None:
                 continue
-            if event & _OUT:
-                # Writable: what the other side had for this one.
-                other = side.other
-                data = other.unsent
-                try:
-                    sent = side.sock.send(data) if data else 0
-                except BlockingIOError:
-                    sent = 0
-                except OSError:
+            try:
+                handle(side, event)
+            except OSError:
+                if side.fd in sides:  # this connection failed: drop it, serve the others
                     close(side)
-                    continue
-                other.unsent = data[sent:]
-                if other.unsent:
-                    continue
-                poll.modify(side.fd, 0 if side.eof else _IN)
-                poll.modify(other.fd, 0 if other.eof else _IN)
-                continue
-            if event & (_IN | select.EPOLLHUP | select.EPOLLERR):
-                pump(side)
 
 
 if __name__ == "__main__":
