@@ -17,12 +17,14 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from switchyard.interfaces import OptionError
 from switchyard.matchers._names import normalize_name
 from switchyard.targets.backends.balancing import BALANCERS, Balancer
 from switchyard.targets.tunnels.settings import (
     DEFAULT_MAX_FORWARDS,
     DEFAULT_OPEN_TIMEOUT,
     TunnelSpec,
+    fingerprint,
 )
 
 log = Logger(namespace="switchyard.tunnel")
@@ -178,6 +180,22 @@ class Registry:
             for public in tunnel.spec.keys:
                 self._by_key.setdefault(public.blob(), tunnel.spec)
 
+    def add_tunnel(self, spec: TunnelSpec) -> None:
+        """Declare one more tunnel.
+
+        @raise OptionError: (C{keys}) one of its keys is already another tunnel's.
+        """
+        if spec.name in self.tunnels:
+            raise OptionError("name", f"tunnel {spec.name!r} is declared twice")
+        for public in spec.keys:
+            other = self._by_key.get(public.blob())
+            if other is not None:
+                raise OptionError("keys", f"key {fingerprint(public)} is also a key of tunnel "
+                                          f"{other.name!r}: a key identifies one tunnel")
+        self.tunnels[spec.name] = Tunnel(spec)
+        for public in spec.keys:
+            self._by_key[public.blob()] = spec
+
     # -- agents -----------------------------------------------------------
 
     def identify(self, blob: bytes) -> TunnelSpec | None:
@@ -186,6 +204,10 @@ class Registry:
 
     def keys(self) -> Mapping[bytes, TunnelSpec]:
         return self._by_key
+
+    def active_channels(self) -> int:
+        """Visitors' channels opening or open, on every agent."""
+        return sum(agent.active for tunnel in self.tunnels.values() for agent in tunnel.agents)
 
     def connect_agent(self, tunnel_name: str, link: AgentLink, description: str) -> Agent:
         """A new agent of a tunnel; raises L{TooManyAgents} at the tunnel's limit."""
