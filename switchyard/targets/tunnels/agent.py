@@ -332,7 +332,7 @@ class _Slot:
         self.attempt = None
         if not self.running:
             return
-        why = reason.getErrorMessage()
+        why = reason.getErrorMessage().rstrip(".")
         if reason.check(defer.TimeoutError, defer.CancelledError):
             why = f"no connection within {self.settings.connect_timeout:g}s"
         self.again(f"cannot reach {self.settings.server}: {why}", loud=True)
@@ -362,9 +362,10 @@ class _Slot:
         self.link = link
         self.failures = 0
         names = ", ".join(_binding_text(n, p) for n, p in link.accepting.values())
-        log.info("agent {agent}: logged in to {server} ({peer}) as {user!r}; publishing {names}",
-                 agent=self.description, server=self.settings.server,
-                 peer=self.transport.peer_text, user=self.settings.user, names=names)
+        server, peer = self.settings.server, self.transport.peer_text
+        log.info("agent {agent}: logged in to {server} as {user!r}; publishing {names}",
+                 agent=self.description, server=server if server == peer else f"{server} ({peer})",
+                 user=self.settings.user, names=names)
 
     def disconnected(self, transport: AgentTransport) -> None:
         if self.login_call is not None:
