@@ -206,11 +206,11 @@ def _public_keys(raw: Mapping[str, Any], options: Options, key: str, base_dir: s
     keys: list[Key] = []
     for where, line in lines:
         fields = line.split()
+        if known_hosts and fields[0].startswith("@"):
+            raise OptionError(where, f"known_hosts markers ({fields[0][:20]}) are not "
+                                     f"supported: give the server's host key")
         if known_hosts and len(fields) >= 3 and fields[1].startswith(_KEY_TYPE_PREFIXES):
-            if fields[0].startswith("@"):
-                raise OptionError(where, f"known_hosts markers ({fields[0]}) are not supported: "
-                                         f"give the server's host key")
-            line = " ".join(fields[1:])
+            line = " ".join(fields[1:])  # a known_hosts entry: host, then the key
         public = parse_public_key(where, line)
         if public not in keys:
             keys.append(public)
@@ -268,20 +268,6 @@ def compile_tunnel(name: str, raw: Mapping[str, Any], base_dir: str = ".") -> Tu
         proxy_protocol=None if proxy == "none" else proxy,
         port=port,
     )
-
-
-def check_tunnels(tunnels: Mapping[str, TunnelSpec]) -> None:
-    """Checks across tunnels: a key identifies one tunnel, never two.
-
-    @raise OptionError: C{key} is C{NAME.keys} of the second tunnel holding a key.
-    """
-    owner: dict[bytes, str] = {}
-    for name, spec in tunnels.items():
-        for public in spec.keys:
-            other = owner.setdefault(public.blob(), name)
-            if other != name:
-                raise OptionError(f"{name}.keys", f"key {fingerprint(public)} is also a key of "
-                                                  f"tunnel {other!r}: a key identifies one tunnel")
 
 
 # -- the built-in agent ------------------------------------------------------
