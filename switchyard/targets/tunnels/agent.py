@@ -410,6 +410,8 @@ class _Slot:
 class AgentTarget:
     """``[agent.NAME]``: the agent's connections, and the route table its visitors take."""
 
+    single_process = "each worker would dial its own connections"
+
     def __init__(self, name: str, settings: AgentSettings, listener: Any, reactor: Any) -> None:
         self.name = name
         self.settings = settings
@@ -433,6 +435,10 @@ class AgentTarget:
         connection.set_server(f"agent:{self.name}")
         connection.close("not_routable", f"[agent.{self.name}] dials out to a tunnel server; "
                                          f"routes cannot send to it")
+
+    def use_access_log(self, sink: Any) -> None:
+        """Where the visitors' access lines go (see CORE_CHANGES.md, 4)."""
+        self.books.access_log = sink
 
     def serving(self) -> int:
         """How many of its connections are logged in and publishing."""

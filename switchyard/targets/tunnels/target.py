@@ -224,6 +224,10 @@ class _CarrierTransport:
 class TunnelServerTarget:
     """``[tunnel_server.NAME]``: the SSH server agents reach through a route."""
 
+    # Read by workers > 1 once CORE_CHANGES.md (1) is in: agents and visitors
+    # must meet in one process.
+    single_process = "the tunnel server keeps its live agents in one process"
+
     def __init__(self, name: str, settings: ServerSettings, reactor: Any) -> None:
         self.name = name
         self.reactor = reactor
@@ -307,6 +311,8 @@ class TunnelServerTarget:
 @implementer(ITarget)
 class TunnelTarget:
     """``[tunnel.NAME]``: visitors of this tunnel's names, sent down a live agent."""
+
+    single_process = "a tunnel's visitors must reach the process its agents are in"
 
     def __init__(self, name: str, spec: TunnelSpec, server: TunnelServerTarget,
                  fallback: ITarget | None = None) -> None:
