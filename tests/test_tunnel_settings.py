@@ -163,6 +163,11 @@ class TunnelTests(unittest.TestCase):
         self.assertEqual(self.problem({**base, "max_agents": 0}).key, "max_agents")
         self.assertEqual(self.problem({**base, "proxy_protocol": "v3"}).key, "proxy_protocol")
         self.assertEqual(self.problem({**base, "ingress": "x"}).key, "ingress")
+        e = self.problem({**base, "default_name": "db.local"})
+        self.assertEqual(e.key, "default_name")
+        self.assertIn("'db.local' is not one of the tunnel's names (srv-0.local)", e.problem)
+        spec = compile_tunnel("office", {**base, "default_name": "SRV-0.local."})
+        self.assertEqual(spec.default_name, "srv-0.local")
         spec = compile_tunnel("office", {**base, "port": 80, "proxy_protocol": "v2",
                                          "balance": "leastconn"})
         self.assertEqual((spec.port, spec.proxy_protocol, spec.balance), (80, "v2", "leastconn"))

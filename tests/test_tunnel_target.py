@@ -295,6 +295,13 @@ class TunnelTargetTests(unittest.TestCase):
         self.assertTrue(link.opens[0].cancelled)
         self.assertEqual(self.access.events[0]["reason"], "client_closed")
 
+    def test_defaultNameForVisitorsWithoutOne(self) -> None:
+        target = self.tunnel(names=["srv-0.local", "ssh.local"], default_name="SSH.local")
+        link = self.agent(("ssh.local", 443))
+        self.visit(target, {}, data=b"SSH-2.0-OpenSSH_9.2\r\n")
+        [opening] = link.opens
+        self.assertEqual((opening.address, opening.port), ("ssh.local", 443))
+
     def test_noNameToChooseByIsClosedSayingHow(self) -> None:
         event = self.end(self.visit(self.tunnel(), {})[0])
         self.assertEqual(event["reason"], "tunnel_no_name")

@@ -25,7 +25,7 @@ from twisted.conch.ssh.keys import BadKeyError, EncryptedKeyError, Key
 
 from switchyard.endpoints import client_endpoint, split_host_port, tls_client_endpoint
 from switchyard.interfaces import OptionError
-from switchyard.matchers._names import compile_name_patterns
+from switchyard.matchers._names import compile_name_patterns, normalize_name
 from switchyard.options import Options, require_texts
 from switchyard.targets.backends.balancing import BALANCERS
 
@@ -45,7 +45,7 @@ DEFAULT_MAX_CHANNELS = 1000
 SERVER_KEYS = ("host_key", "login_timeout", "max_auth_tries", "keepalive_interval",
                "keepalive_count_max", "open_timeout", "window", "max_forwards_per_agent")
 TUNNEL_KEYS = ("keys", "keys_file", "names", "max_agents", "max_channels_per_agent",
-               "balance", "proxy_protocol", "port", "server", "fallback")
+               "balance", "proxy_protocol", "port", "default_name", "server", "fallback")
 
 # Key types OpenSSH accepts (DSA is refused since 7.0).
 _KEY_TYPES = (b"ssh-ed25519", b"ecdsa-sha2-nistp256", b"ecdsa-sha2-nistp384",
@@ -75,6 +75,8 @@ class TunnelSpec:
     # channel, and the port channels name (default: the visitor's own).
     proxy_protocol: str | None = None
     port: int | None = None
+    # The name of visitors whose route read none (raw TCP on a port of its own).
+    default_name: str | None = None
 
 
 @attr.s(frozen=True, slots=True, auto_attribs=True)
@@ -258,6 +260,12 @@ def compile_tunnel(name: str, raw: Mapping[str, Any], base_dir: str = ".") -> Tu
     owns = compile_name_patterns("names", patterns)
     port = options.integer("port", 0, minimum=1, maximum=65535) if "port" in raw else None
     proxy = options.choice("proxy_protocol", "none", ("none", "v1", "v2"))
+    default_name = options.text("default_name")
+    if default_name is not None:
+        default_name = normalize_name(default_name)
+        if not default_name or not owns(default_name):
+            raise OptionError("default_name", f"{default_name!r} is not one of the tunnel's "
+                                              f"names ({', '.join(patterns)})")
     return TunnelSpec(
         name=name, keys=tuple(keys), names=patterns, owns=owns,
         max_agents=options.integer("max_agents", DEFAULT_MAX_AGENTS, minimum=1,
@@ -267,6 +275,7 @@ def compile_tunnel(name: str, raw: Mapping[str, Any], base_dir: str = ".") -> Tu
         balance=options.choice("balance", "roundrobin", tuple(BALANCERS)),
         proxy_protocol=None if proxy == "none" else proxy,
         port=port,
+        default_name=default_name,
     )
 
 

@@ -325,6 +325,8 @@ class TunnelTarget:
         spec = self.spec
         lines = [f"tunnel on {self.server.name}: names {', '.join(spec.names)}; "
                  f"{len(spec.keys)} agent key(s); balance {spec.balance}"]
+        if spec.default_name:
+            lines.append(f"visitors without a host or sni: as {spec.default_name}")
         if spec.proxy_protocol:
             lines.append(f"PROXY {spec.proxy_protocol} header into each channel")
         if self.fallback is not None:
@@ -335,11 +337,12 @@ class TunnelTarget:
         connection.set_server(f"tunnel:{self.name}")
         facts = connection.facts
         # The route's matcher read the name the visitor wants: HTTP Host, or TLS SNI.
-        name = facts.get("host") or facts.get("sni")
+        name = facts.get("host") or facts.get("sni") or self.spec.default_name
         if not name:
             self._unavailable(connection, "tunnel_no_name",
                               "the route gives no host or sni fact to choose an agent by "
-                              "(route tunnels with match = \"http\" or \"tls\")")
+                              "(route tunnels with match = \"http\" or \"tls\", or give "
+                              "the tunnel a default_name)")
             return
         port = self.spec.port or getattr(connection.local_address, "port", None) or 0
         client = connection.client_address
