@@ -21,7 +21,11 @@ from switchyard.interfaces import ITarget, Match
 from switchyard.listener import ListenerBooks
 from switchyard.targets.responders import RejectTarget, http_response
 from switchyard.targets.tunnels.agent import AgentTarget
-from switchyard.targets.tunnels.settings import ServerSettings, compile_tunnel
+from switchyard.targets.tunnels.settings import (
+    ServerSettings,
+    compile_server_settings,
+    compile_tunnel,
+)
 from switchyard.targets.tunnels.target import (
     SSHCarrier,
     TunnelServerTarget,
@@ -445,3 +449,47 @@ class CarrierTests(unittest.TestCase):
         [reason] = self.ssh.lost
         reason.trap(error.ConnectionDone)
         self.assertTrue(self.transport.disconnecting)
+
+
+class RunningServerTests(unittest.TestCase):
+    """The tunnel server's running parts: SIGHUP, stop."""
+
+    def setUp(self) -> None:
+        self.dir = os.path.abspath(self.mktemp())
+        os.makedirs(self.dir)
+        self.path = os.path.join(self.dir, "host")
+        _keygen(self.path)
+        self.reactor = MemoryReactorClock()
+        self.target = TunnelServerTarget("agents", compile_server_settings(
+            {"host_key": self.path}), self.reactor)
+
+    def test_hangupReadsTheHostKeyAgain(self) -> None:
+        before = self.target.server.factory.privateKeys
+        os.remove(self.path)
+        _keygen(self.path)
+        self.target.hangup()
+        after = self.target.server.factory.privateKeys
+        self.assertNotEqual(before, after)
+        self.assertEqual(self.target.settings.host_key, list(after.values())[0])
+
+    def test_hangupKeepsTheOldKeyWhenTheNewFileIsBad(self) -> None:
+        events = CapturedEvents(self, "switchyard.tunnel")
+        before = self.target.server.factory.privateKeys
+        with open(self.path, "w") as f:
+            f.write("not a key\n")
+        self.target.hangup()
+        self.assertEqual(self.target.server.factory.privateKeys, before)
+        self.assertIn("keeping the old host key", events.events[-1]["log_format"])
+
+    def test_stoppingServerTurnsNewAgentsAway(self) -> None:
+        access = CapturedEvents(self)
+        self.successResultOf(self.target.stop())  # no agent: at once
+        route = Route(name="ssh", matcher=ScriptedMatcher(lambda _: Match({})), match="ssh",
+                      target=self.target)
+        listener = Listener(name="agents", listen="", endpoint=None, routes=(route,),
+                            inspect_timeout=5.0, max_sniff_bytes=16384, on_timeout=None,
+                            idle_timeout=600.0)
+        proto, _ = connect(ListenerBooks(listener, self.reactor))
+        proto.dataReceived(b"SSH-2.0-OpenSSH_9.2\r\n")
+        proto.connectionLost(Failure(error.ConnectionDone()))
+        self.assertEqual(access.events[0]["reason"], "shutdown")

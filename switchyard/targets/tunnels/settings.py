@@ -71,7 +71,7 @@ class TunnelSpec:
     max_agents: int = DEFAULT_MAX_AGENTS
     max_channels_per_agent: int = DEFAULT_MAX_CHANNELS
     balance: str = "roundrobin"
-    # For the route's target (phase 2): the PROXY header sent into each
+    # For the tunnel target: the PROXY header sent into each
     # channel, and the port channels name (default: the visitor's own).
     proxy_protocol: str | None = None
     port: int | None = None
