@@ -65,6 +65,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="2 s iperf3, 3 s wrk")
     p.add_argument("--rounds", type=int, default=3,
                    help="repeat each load, peers interleaved; the median is reported")
+    p.add_argument("--only", choices=("bulk", "http"), default=None,
+                   help="only the iperf3 loads, or only the wrk loads")
     p.add_argument("--profile", action="store_true", help="sample switchyard with py-spy")
     p.add_argument("--keep", action="store_true", help="keep the work folder")
     return p.parse_args(argv)
@@ -193,6 +195,28 @@ to = "bench"
                 "direct": self.port["web"]}
 
 
+def _ticks(pid: int) -> tuple[int, int]:
+    """(parent pid, user + system clock ticks) of a process; (0, 0) once it is gone."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return 0, 0
+    fields = text[text.rindex(")") + 2:].split()
+    return int(fields[1]), int(fields[11]) + int(fields[12])
+
+
+def cpu_seconds(root: int) -> float:
+    """CPU time used so far by ``root`` and its live descendants (sshd's per-connection
+    processes leave its session, so the tree is followed by parent pid)."""
+    parents = {int(e): _ticks(int(e)) for e in os.listdir("/proc") if e.isdigit()}
+    tree, grown = {root}, True
+    while grown:
+        more = {pid for pid, (ppid, _) in parents.items() if ppid in tree} - tree
+        tree |= more
+        grown = bool(more)
+    return sum(parents[pid][1] for pid in tree if pid in parents) / os.sysconf("SC_CLK_TCK")
+
+
 def iperf_reverse(port: int, seconds: int) -> tuple[float | None, str]:
     """One stream from the service to the visitor (iperf3 -R): Gbit/s received."""
     argv = ["iperf3", "-c", HOST, "-p", str(port), "-t", str(seconds), "-R", "-J",
@@ -207,29 +231,39 @@ def iperf_reverse(port: int, seconds: int) -> tuple[float | None, str]:
         return None, (out.stderr or out.stdout).strip()[:200]
 
 
-def measure(bench: Bench, rounds: int, quick: bool) -> list[Figure]:
+def measure(bench: Bench, rounds: int, quick: bool, only: str | None = None) -> list[Figure]:
     seconds, wrk_seconds = (2, 3) if quick else (5, 10)
     bulk: list[tuple[str, Any]] = [
         ("bulk, 1 stream, visitor to service", lambda port: iperf(port, seconds, 1)),
         ("bulk, 1 stream, service to visitor", lambda port: iperf_reverse(port, seconds)),
         ("bulk, 4 streams, visitor to service", lambda port: iperf(port, seconds, 4)),
     ]
-    figures = []
-    for title, run in bulk:
+    figures: list[Figure] = []
+    servers = {"switchyard": bench.procs.started["switchyard"].pid,
+               "sshd": bench.procs.started["sshd"].pid}
+    for title, run in bulk if only != "http" else []:
         fig = Figure("bulk", title, "Gbit/s", "higher")
+        cpu = Figure("bulk", f"server CPU per GB, {title.partition(', ')[2]}", "s/GB", "lower")
         samples: dict[str, list[float | None]] = collections.defaultdict(list)
+        costs: dict[str, list[float | None]] = collections.defaultdict(list)
         for _ in range(rounds):
             for peer, port in bench.ports("bulk").items():
                 print(f"  {title}: {peer} ...", flush=True)
+                before = cpu_seconds(servers[peer]) if peer in servers else 0.0
                 value, error = run(port)
                 samples[peer].append(value)
+                if peer in servers and value:
+                    costs[peer].append((cpu_seconds(servers[peer]) - before)
+                                       / (value * seconds / 8))
                 if error:
                     fig.notes[peer] = error
                 time.sleep(0.5)
         fig.values = {p: median_or_none(v) for p, v in samples.items()}
         fig.raw = {"samples": dict(samples)}
-        figures.append(fig)
-    for close in (True, False):
+        cpu.values = {p: median_or_none(v) for p, v in costs.items()}
+        cpu.raw = {"samples": dict(costs)}
+        figures += [fig, cpu]
+    for close in (True, False) if only != "bulk" else ():
         what = "close" if close else "keep-alive"
         rps = Figure(what, f"{what}: requests/s", "req/s", "higher")
         p99 = Figure(what, f"{what}: p99 latency", "ms", "lower")
@@ -299,7 +333,10 @@ NOTES = """\
 - sshd: visitor -> sshd's `-R` listening port -> channel -> the same `ssh -N -R` -> service.
 - direct: the service itself, no tunnel.
 - Both agents: one OpenSSH client, one SSH connection, `-c aes128-ctr -m hmac-sha2-256`.
-- bulk: iperf3 (the tunnel's default_name: iperf3's opening has no name), Gbit/s received.
+- bulk: iperf3 (the tunnel's default_name: iperf3's opening has no name), Gbit/s received;
+  server CPU per GB: user + system time of the tunnel server's processes (twistd;
+  sshd and its per-connection children) during the run, per GB carried: less
+  sensitive than Gbit/s to a shared machine's load.
 - close / keep-alive: `wrk -t2 -c50` to nginx serving 1 KiB, with and without
   `Connection: close` (each request a new channel, or 50 channels reused).
 """
@@ -315,7 +352,7 @@ def main(argv: Sequence[str]) -> int:
     t0 = time.monotonic()
     try:
         bench.start()
-        figures = measure(bench, max(1, args.rounds), args.quick)
+        figures = measure(bench, max(1, args.rounds), args.quick, args.only)
         profiled = profile(bench, 5) if args.profile else ""
     finally:
         bench.procs.stop_all()

@@ -167,6 +167,7 @@ class LinkTransport:
 
     transport: Any  # TCP, or whatever carries the connection
     service: Any
+    buf: bytes  # conch's: what was received and not read yet
     own_role = "server"  # how log lines name this end ...
     peer_role = "agent"  # ... and the other
 
@@ -174,6 +175,62 @@ class LinkTransport:
         """From connectionMade, before conch's own."""
         self.peer_text = address_text(self.transport.getPeer())
         self.ended_by: str | None = None
+        self._offset = 0  # of the next packet in conch's buf
+        self._first: bytes | None = None  # its first block, decrypted (the length)
+
+    def getPacket(self) -> bytes | None:
+        """The next packet's payload from the received bytes, or None for more.
+
+        Conch's, reading at an offset into its buffer rather than slicing the
+        rest off after each packet: one read of the link can hold dozens of
+        32 KiB packets, and conch would copy what follows each of them.
+        """
+        buf = self.buf
+        offset = self._offset
+        ciphers = self.currentEncryptions  # type: ignore[attr-defined]
+        bs = ciphers.decBlockSize
+        ms = ciphers.verifyDigestSize
+        available = len(buf) - offset
+        if available < bs:
+            self._compact()
+            return None
+        first = self._first
+        if first is None:
+            # Decrypted once: the cipher is a stream.
+            first = self._first = ciphers.decrypt(buf[offset:offset + bs])
+        length, padding = struct.unpack("!LB", first[:5])
+        if length > 1048576 or (length + 4) % bs or padding < 4 or padding > length - 1:
+            self.sendDisconnect(transport.DISCONNECT_PROTOCOL_ERROR,
+                                f"bad packet length {length}".encode())
+            return None
+        if available < length + 4 + ms:
+            self._compact()
+            return None
+        end = offset + 4 + length
+        packet = first + ciphers.decrypt(memoryview(buf)[offset + bs:end])
+        self._first = None
+        if ms and not ciphers.verify(self.incomingPacketSequence,  # type: ignore[attr-defined]
+                                     packet, buf[end:end + ms]):
+            self.sendDisconnect(transport.DISCONNECT_MAC_ERROR, b"bad MAC")
+            return None
+        self._offset = end + ms
+        payload = packet[5:-padding]
+        incoming = self.incomingCompression  # type: ignore[attr-defined]
+        if incoming:
+            try:
+                payload = incoming.decompress(payload)
+            except Exception:
+                self.sendDisconnect(transport.DISCONNECT_COMPRESSION_ERROR,
+                                    b"compression error")
+                return None
+        self.incomingPacketSequence += 1  # type: ignore[attr-defined]
+        return payload
+
+    def _compact(self) -> None:
+        """Drop the packets read: the buffer starts at the next one."""
+        if self._offset:
+            self.buf = self.buf[self._offset:]
+            self._offset = 0
 
     def log_prefix(self) -> str:
         """Who this connection is, at the head of its log lines."""
