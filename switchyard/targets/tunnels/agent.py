@@ -37,7 +37,7 @@ from switchyard.interfaces import ICompileContext, IConnection, IRunningTarget, 
 from switchyard.listener import ListenerBooks
 from switchyard.matchers._names import normalize_name
 from switchyard.targets.tunnels.channel import OPEN, QUIET, TunnelChannel
-from switchyard.targets.tunnels.link import LinkTransport, TunnelLink, text
+from switchyard.targets.tunnels.link import LinkTransport, TunnelLink, text, widen_buffer
 from switchyard.targets.tunnels.registry import ANY_PORT
 from switchyard.targets.tunnels.server import describe_key
 from switchyard.targets.tunnels.settings import (
@@ -141,6 +141,7 @@ class AgentLink(TunnelLink):
         slot = self.slot
         settings = slot.settings
         self.description = slot.description
+        widen_buffer(self.transport.transport)
         self.start_link(slot.reactor, settings.keepalive_interval, settings.keepalive_count_max)
         answers = [self._publish(name, port) for name, port in settings.publish]
         defer.gatherResults(answers).addCallback(lambda _: slot.serving(self))

@@ -32,6 +32,16 @@ from switchyard.targets.tunnels.channel import QUIET, TunnelChannel
 log = Logger(namespace="switchyard.tunnel")
 
 KEEPALIVE_REQUEST = b"keepalive@openssh.com"
+# What an agent's TCP connection may hold unsent before every channel on it
+# pauses its visitor. Twisted's default (64 KiB, two SSH packets) paused and
+# resumed each visitor's socket every other packet: an epoll change each time.
+LINK_BUFFER = 512 * 1024
+
+
+def widen_buffer(tcp: Any) -> None:
+    """Give an agent link's TCP transport room for several packets (see L{LINK_BUFFER})."""
+    if isinstance(getattr(tcp, "bufferSize", None), int) and tcp.bufferSize < LINK_BUFFER:
+        tcp.bufferSize = LINK_BUFFER
 _MAX_TEXT = 100  # of peer-chosen text (user names, channel types) in log lines
 
 

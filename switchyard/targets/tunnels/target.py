@@ -31,6 +31,7 @@ from switchyard.interfaces import (
     OptionError,
 )
 from switchyard.options import Options
+from switchyard.targets.tunnels.link import widen_buffer
 from switchyard.targets.tunnels.registry import TunnelError
 from switchyard.targets.tunnels.server import TunnelServer
 from switchyard.targets.tunnels.settings import (
@@ -141,7 +142,8 @@ class _CarrierPeer:
         self.carrier.end(_LOST)
 
     def registerProducer(self, producer: Any, streaming: bool) -> None:
-        self.carrier.client = producer
+        self.carrier.client = producer  # the agent's TCP transport
+        widen_buffer(producer)
 
     def unregisterProducer(self) -> None:
         self.carrier.client = None
