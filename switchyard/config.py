@@ -38,7 +38,7 @@ DEFAULT_MAX_SNIFF_BYTES = 16 * 1024
 DEFAULT_IDLE_TIMEOUT = 600.0
 DEFAULT_GRACE_PERIOD = 30.0
 MAX_WORKERS = 256
-TOP_LEVEL_KEYS = ("listener", "workers", "access_log")
+TOP_LEVEL_KEYS = ("listener", "workers", "access_log", "access_log_format", "metrics")
 
 ROUTE_KEYS = ("name", "match", "to", "allow", "deny", "idle_timeout", "total_timeout")
 
@@ -88,7 +88,10 @@ class Config:
     listeners: tuple[Listener, ...]
     targets: Mapping[str, ITarget]  # every target by name, built-in ones included
     access_log: str | None = None  # a file for the access lines, else the twistd log
+    access_log_format: str = "text"  # or "json": one object per connection
     workers: int = 1  # processes sharing the listening sockets (switchyard.app.supervisor)
+    metrics: str | None = None  # where /metrics is served (switchyard.observe.metrics)
+    metrics_endpoint: IStreamServerEndpoint | None = None
     source: bytes = b""  # the file's bytes, which workers compile in turn
 
 
@@ -169,7 +172,15 @@ def compile_config(
         problem = AccessLogFile.check(access_log) if access_log else "must not be empty"
         if problem:
             raise ConfigError("access_log", problem)
+    access_log_format = _within("", lambda: top.choice("access_log_format", "text",
+                                                       ("text", "json")))
+    if "access_log_format" in raw and access_log is None:
+        raise ConfigError("access_log_format", "has no effect without access_log")
     workers = _within("", lambda: top.integer("workers", 1, minimum=1, maximum=MAX_WORKERS))
+    metrics = _within("", lambda: top.text("metrics"))
+    metrics_endpoint = None
+    if metrics is not None:
+        metrics_endpoint = _within("", partial(server_endpoint, "metrics", metrics, reactor))
     targets: dict[str, ITarget] = {}
     builtin: set[str] = set()
     for kind in kinds.values():
@@ -195,7 +206,8 @@ def compile_config(
         for name, table in listeners_raw.items()
     )
     return Config(path=path, listeners=listeners, targets=targets, access_log=access_log,
-                  workers=workers)
+                  access_log_format=access_log_format, workers=workers, metrics=metrics,
+                  metrics_endpoint=metrics_endpoint)
 
 
 _NESTED_KEYS = ("route", "inspect_timeout", "max_sniff_bytes", "on_timeout", "idle_timeout")

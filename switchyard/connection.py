@@ -339,6 +339,7 @@ class Connection(Protocol):
             self._inspect_call.cancel()
             self._inspect_call = None
         self.route = route
+        self.books.metrics.route_decided(self)
         if facts:
             self.facts = {**self._listener_facts, **facts}
         if route.admits is not None:
@@ -519,7 +520,13 @@ class Connection(Protocol):
                 self.relay.close_peer(abort=False)
 
     def check_idle(self, now: float) -> bool:
-        """Close the relay if it has been idle too long; True if it was closed."""
+        """Close the relay if it has been idle too long; True if it was closed.
+
+        A connection carrying a nested one (TLS termination) leaves the
+        decision to it: same bytes, and the nested route's own idle_timeout.
+        """
+        if not self._logs:
+            return False
         idle = now - self.last_activity
         if idle >= self._idle_timeout():
             self.close("idle_timeout", f"no data either way for {idle:.0f}s")
@@ -556,4 +563,5 @@ class Connection(Protocol):
         # step closes the access log.
         if self._logs:
             emit_access_event(self, books.access_log)
+            books.metrics.connection_closed(self)
         books.release(self, self._counted_host)

@@ -4,9 +4,27 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import socket
 from typing import Any
 
-from twisted.internet.interfaces import IStreamClientEndpoint, IStreamServerEndpoint
+from OpenSSL import SSL
+from twisted.internet import defer, ssl
+from twisted.internet.endpoints import (
+    HostnameEndpoint,
+    TCP4ClientEndpoint,
+    TCP6ClientEndpoint,
+    clientFromString,
+    serverFromString,
+    wrapClientTLS,
+)
+from twisted.internet.error import CannotListenError
+from twisted.internet.interfaces import (
+    IOpenSSLClientConnectionCreator,
+    IStreamClientEndpoint,
+    IStreamServerEndpoint,
+)
+from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from switchyard.interfaces import OptionError
 
@@ -29,13 +47,6 @@ def split_host_port(value: str) -> tuple[str, int] | None:
 def client_endpoint(key: str, value: Any, reactor: Any, timeout: float) -> IStreamClientEndpoint:
     """A server of a backend: ``host:port`` (any name, resolved at each
     connect, IPv4 and IPv6) or a Twisted client endpoint string."""
-    from twisted.internet.endpoints import (
-        HostnameEndpoint,
-        TCP4ClientEndpoint,
-        TCP6ClientEndpoint,
-        clientFromString,
-    )
-
     if not isinstance(value, str) or not value:
         raise OptionError(key, "must be 'host:port' or an endpoint string like "
                                "'tcp:host=H:port=P'")
@@ -61,8 +72,6 @@ def client_endpoint(key: str, value: Any, reactor: Any, timeout: float) -> IStre
 
 def ip_socket_address(value: str) -> tuple[int, tuple[str, int]] | None:
     """``IP:port`` / ``[v6]:port`` as (address family, sockaddr); None for anything else."""
-    import socket
-
     hp = split_host_port(value)
     if hp is None:
         return None
@@ -101,13 +110,76 @@ def server_endpoint_string(value: str) -> str:
 
 
 def server_endpoint(key: str, value: str, reactor: Any) -> IStreamServerEndpoint:
-    from twisted.internet.endpoints import serverFromString
-
     description = server_endpoint_string(value)
+    if description.startswith("systemd:"):
+        return SystemdEndpoint.parse(key, description, reactor)
     try:
         return serverFromString(reactor, description)
     except Exception as e:
         raise OptionError(key, f"bad listen endpoint {description!r}: {e}")
+
+
+@implementer(IStreamServerEndpoint)
+class SystemdEndpoint:
+    """A listening socket passed by systemd's socket activation
+    (``systemd:domain=INET:index=0`` or ``systemd:domain=INET6:name=web``).
+
+    The string is checked when the config is read; the socket is looked up
+    only when listening, so ``--check`` works outside systemd and a missing
+    socket is a clear start-up error.
+    """
+
+    def __init__(self, reactor: Any, family: int, index: int | None, name: str | None,
+                 description: str) -> None:
+        self.reactor = reactor
+        self.family = family
+        self.index = index
+        self.name = name
+        self.description = description
+
+    @classmethod
+    def parse(cls, key: str, description: str, reactor: Any) -> SystemdEndpoint:
+        usage = (f"bad listen endpoint {description!r}: expected "
+                 "'systemd:domain=INET|INET6|UNIX:index=N' or "
+                 "'systemd:domain=...:name=NAME' (the socket unit's FileDescriptorName)")
+        fields: dict[str, str] = {}
+        for part in description.split(":")[1:]:
+            field, equals, value = part.partition("=")
+            if not equals or field not in ("domain", "index", "name") or field in fields:
+                raise OptionError(key, usage)
+            fields[field] = value
+        domain, index, name = fields.get("domain"), fields.get("index"), fields.get("name")
+        if (domain not in ("INET", "INET6", "UNIX") or (index is None) == (name is None)
+                or (index is not None and not index.isdigit()) or name == ""):
+            raise OptionError(key, usage)
+        return cls(reactor, getattr(socket, "AF_" + str(domain)),
+                   None if index is None else int(index), name, description)
+
+    def listen(self, factory: Any) -> Any:
+        # Twisted's own systemd parser holds the inherited descriptors (it
+        # reads LISTEN_FDS once, when twisted.internet.endpoints is imported).
+        try:
+            endpoint = serverFromString(self.reactor, self.description)
+        except (IndexError, KeyError):
+            which = f"named {self.name!r}" if self.name is not None else f"number {self.index}"
+            return defer.fail(CannotListenError(None, self.description, OSError(
+                f"systemd passed no socket {which}: start switchyard from its .socket unit "
+                "(or systemd-socket-activate), or listen on an address")))
+        return endpoint.listen(factory)
+
+
+def listen_now(endpoint: IStreamServerEndpoint, factory: Any) -> Any:
+    """Listen on ``endpoint`` at once and return the port, or raise what stops
+    it: TCP, UNIX and inherited sockets listen synchronously, so a service
+    binds in its privilegedStartService (before privileges drop) and a port
+    in use stops start-up there."""
+    results: list[Any] = []
+    endpoint.listen(factory).addBoth(results.append)
+    if not results:
+        raise CannotListenError(None, str(endpoint), OSError("did not listen at once"))
+    if isinstance(results[0], Failure):
+        results[0].raiseException()
+    return results[0]
 
 
 def tls_client_endpoint(reactor: Any, inner: IStreamClientEndpoint, *, server_name: str,
@@ -118,9 +190,6 @@ def tls_client_endpoint(reactor: Any, inner: IStreamClientEndpoint, *, server_na
     ``verify=False`` is the explicit opt-out for self-signed test backends:
     the name is still sent, nothing is checked.
     """
-    from twisted.internet import ssl
-    from twisted.internet.endpoints import wrapClientTLS
-
     if verify:
         trust = None
         if ca_file is not None:
@@ -135,22 +204,16 @@ def tls_client_endpoint(reactor: Any, inner: IStreamClientEndpoint, *, server_na
     return wrapClientTLS(creator, inner)
 
 
+@implementer(IOpenSSLClientConnectionCreator)
 class _UnverifiedClientTLS:
     """An IOpenSSLClientConnectionCreator that sends SNI and verifies nothing."""
 
     def __init__(self, server_name: str) -> None:
-        from OpenSSL import SSL
-        from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
-        from zope.interface import directlyProvides
-
         self.server_name = server_name.encode("idna")
         self.context = SSL.Context(SSL.TLS_CLIENT_METHOD)
         self.context.set_min_proto_version(SSL.TLS1_2_VERSION)
-        directlyProvides(self, IOpenSSLClientConnectionCreator)
 
     def clientConnectionForTLS(self, tlsProtocol: Any) -> Any:
-        from OpenSSL import SSL
-
         connection = SSL.Connection(self.context, None)
         connection.set_app_data(tlsProtocol)
         connection.set_tlsext_host_name(self.server_name)

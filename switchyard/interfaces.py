@@ -220,12 +220,24 @@ class ITarget(Interface):
         """
 
 
+class IRuntime(Interface):
+    """What a running target is handed when it starts: the process's shared sinks."""
+
+    reactor = Attribute("The reactor.")
+    access_log = Attribute("The access log file (L{switchyard.observe.accesslog."
+                           "AccessLogFile}) for connections the target starts itself, "
+                           "or None: those lines go to the twistd log.")
+    metrics = Attribute("The metrics registry (L{switchyard.observe.metrics_export.Metrics}: "
+                        "counter, gauge, histogram, register), or None when metrics are off.")
+
+
 class IRunningTarget(ITarget):
     """A target with parts that run while switchyard does (health checks,
     certificate watchers, tunnel keep-alives)."""
 
-    def start() -> None:
-        """Start them (timers on the reactor), before listeners accept."""
+    def start(runtime: IRuntime) -> None:
+        """Start them (timers on the reactor), before listeners accept. Called
+        again on the new targets after each reload."""
 
     def stop() -> Any:
         """Stop them; may return a Deferred that fires once they are over."""

@@ -15,6 +15,7 @@ from switchyard.config import Listener
 from switchyard.connection import RELAYING, Connection
 from switchyard.deadlines import Deadlines
 from switchyard.observe.accesslog import AccessLogFile
+from switchyard.observe.metrics import NO_METRICS
 
 _IP_ADDRESSES = (IPv4Address, IPv6Address)
 
@@ -35,6 +36,7 @@ class ListenerBooks(Factory):
     """
 
     noisy = False
+    metrics: Any = NO_METRICS  # what counts its connections (metrics = ... in the config)
 
     def __init__(self, listener: Listener, reactor: Any,
                  access_log: AccessLogFile | None = None, label: str | None = None) -> None:
@@ -49,12 +51,33 @@ class ListenerBooks(Factory):
         # One sweep for the idle timeouts of all relaying connections rather
         # than a timer each: a timer is ~0.7 KB, and a reschedule per check.
         self._sweep: Any = None
+        self.sweep_interval = 1.0
+        self.inspect_deadlines: Deadlines = None  # type: ignore[assignment]
+        self._timers(listener)
+
+    def _timers(self, listener: Listener) -> None:
         shortest = min([listener.idle_timeout, *(r.idle_timeout for r in listener.routes
                                                  if r.idle_timeout is not None)])
         self.sweep_interval = max(0.05, min(1.0, shortest / 20))
         # Every connection's inspect_timeout, on one timer.
-        self.inspect_deadlines = Deadlines(reactor, listener.inspect_timeout,
-                                           Connection.inspect_expired)
+        if self.inspect_deadlines is None or (self.inspect_deadlines.length
+                                              != listener.inspect_timeout):
+            self.inspect_deadlines = Deadlines(self.reactor, listener.inspect_timeout,
+                                               Connection.inspect_expired)
+
+    def reconfigure(self, listener: Listener, access_log: AccessLogFile | None) -> None:
+        """A reload: new connections get ``listener``'s routes and limits and
+        log to ``access_log``; open ones keep the table they started with (a
+        new inspect timeout applies to new connections, the old timer runs
+        out with the old ones)."""
+        self.listener = listener
+        self.access_log = access_log
+        # Nested tables of the old configuration stay while they have
+        # connections; new ones are made for the new tables.
+        self._nested = {key: books for key, books in self._nested.items() if books.connections}
+        for books in self._nested.values():
+            books.access_log = access_log
+        self._timers(listener)
 
     def buildProtocol(self, addr: IAddress | None) -> Connection:
         connection = Connection(self.listener, self)
@@ -71,6 +94,7 @@ class ListenerBooks(Factory):
         if books is None or books.listener is not listener:
             books = ListenerBooks(listener, self.reactor, self.access_log,
                                   label=f"{self.label}>{listener.name}")
+            books.metrics = self.metrics
             self._nested[id(listener)] = books
         return books
 

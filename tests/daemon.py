@@ -7,6 +7,7 @@ import subprocess
 import sys
 from typing import Any
 
+from tests.helpers import WAIT, wait_for
 from tests.peers import Running, start_process
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -48,11 +49,11 @@ def run_twistd(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[s
                           env={**os.environ, **env()}, cwd=REPO, stdin=subprocess.DEVNULL)
 
 
-def log_after(running: Running, needle: str, timeout: float = 5.0) -> str:
-    """The program's log, once ``needle`` is in it (or ``timeout`` has passed)."""
-    import time
-
-    deadline = time.monotonic() + timeout
-    while needle not in running.log_text() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    return running.log_text()
+def log_after(running: Running, needle: str, timeout: float = WAIT) -> str:
+    """The program's log, once ``needle`` is in it (or, after ``timeout``,
+    as it is: the caller's assertion then shows it)."""
+    try:
+        return wait_for(lambda: needle in (text := running.log_text()) and text,
+                        f"{needle!r} in the log", timeout)
+    except AssertionError:
+        return running.log_text()

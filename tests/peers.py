@@ -7,7 +7,8 @@ tests without touching the reactor.
 
 Every program:
 
-* listens on 127.0.0.1 on a free port (see L{free_port});
+* listens on 127.0.0.1 on a port reserved for it (L{free_port}, from
+  L{tests.helpers}: no parallel test or outgoing connection can take it);
 * gets its own config and run folder under the test's temporary directory
   (``testcase.mktemp()``), where its stdout/stderr (``stdout.log``,
   ``stderr.log``) and its own log files go;
@@ -60,6 +61,8 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any, cast
 
+from tests.helpers import LOCALHOST, free_port
+
 __all__ = [
     "CA",
     "PeerStartError",
@@ -74,7 +77,6 @@ __all__ = [
     "wait_for_port",
 ]
 
-LOCALHOST = "127.0.0.1"
 START_TIMEOUT = 10.0
 STOP_GRACE = 5.0
 NGINX_STREAM_MODULE = "/usr/lib/nginx/modules/ngx_stream_module.so"
@@ -83,16 +85,6 @@ SSHD_BINARY = "/usr/sbin/sshd"
 
 class PeerStartError(RuntimeError):
     """A program did not start: it exited, or its port never opened."""
-
-
-def free_port() -> int:
-    """Return a TCP port on 127.0.0.1 that was free a moment ago.
-
-    Binds port 0, reads the port the kernel chose, and closes the socket.
-    """
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((LOCALHOST, 0))
-        return sock.getsockname()[1]
 
 
 def wait_for_port(

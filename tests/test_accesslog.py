@@ -6,14 +6,13 @@ import os
 import re
 import signal
 import socket
-import time
 
 from twisted.internet.task import Clock
 from twisted.trial import unittest
 
 from switchyard.observe.accesslog import AccessLogFile
 from tests.daemon import log_after, run_twistd, start_switchyard, write_config
-from tests.peers import free_port
+from tests.helpers import free_port, wait_for
 
 CONFIG = """
 access_log = "{path}"
@@ -49,11 +48,10 @@ def _lines(path: str) -> list[str]:
         return []
 
 
-def _wait_lines(path: str, count: int, timeout: float = 5.0) -> list[str]:
-    deadline = time.monotonic() + timeout
-    while len(_lines(path)) < count and time.monotonic() < deadline:
-        time.sleep(0.05)
-    return _lines(path)
+def _wait_lines(path: str, count: int) -> list[str]:
+    """The file's lines once there are ``count``."""
+    return wait_for(lambda: len(lines := _lines(path)) >= count and lines,
+                    f"{count} lines in {path}")
 
 
 class DaemonTests(unittest.TestCase):
@@ -128,8 +126,8 @@ class DaemonTests(unittest.TestCase):
                                                   port=port))
         result = run_twistd("-n", "switchyard", "--check", "--config", config)
         self.assertEqual(result.returncode, 1, result.stdout + result.stderr)
-        self.assertIn("access_log: cannot open '/nonexistent/dir/access.log' for appending: "
-                      "No such file or directory", result.stderr)
+        self.assertIn("access_log: cannot create '/nonexistent/dir/access.log': the folder "
+                      "'/nonexistent/dir' does not exist", result.stderr)
 
 
 class BufferTests(unittest.TestCase):

@@ -4,15 +4,12 @@ from __future__ import annotations
 
 import random
 import socket
-import time
 from collections import Counter
-from collections.abc import Callable
 from typing import Any
 
 from twisted.internet import defer, reactor, threads
 from twisted.internet.endpoints import TCP4ServerEndpoint
 from twisted.internet.protocol import Factory, Protocol
-from twisted.internet.task import deferLater
 from twisted.names import common, dns, server
 from twisted.names.error import DomainError
 from twisted.trial import unittest
@@ -23,25 +20,7 @@ from switchyard.listener import ListenerBooks
 from switchyard.targets.backends import compile_backend
 from tests import traffic
 from tests.fakes import CapturedEvents
-from tests.peers import free_port
-
-WAIT = 30.0  # seconds any condition may take on a loaded machine
-
-
-def sleep(seconds: float) -> defer.Deferred[None]:
-    return deferLater(reactor, seconds, lambda: None)
-
-
-@defer.inlineCallbacks
-def wait_until(condition: Callable[[], Any], what: str, timeout: float = WAIT) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        yield sleep(0.05)
+from tests.helpers import WAIT, free_port, until
 
 
 class _Named(Protocol):
@@ -139,7 +118,7 @@ class SwitchCase(unittest.TestCase):
         port = yield TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(factory)
         self.addCleanup(port.stopListening)
         # Runs after the test's own cleanups have closed its client sockets.
-        self.addCleanup(wait_until, lambda: all(p.state.value == "closed" for p in factory.built),
+        self.addCleanup(until, lambda: all(p.state.value == "closed" for p in factory.built),
                         "every switched connection to close")
         return port.getHost().port
 
@@ -166,10 +145,13 @@ class BalancingOverSocketsTests(SwitchCase):
         return port
 
     @defer.inlineCallbacks
-    def test_roundRobinSharesByWeightExactly(self) -> None:
+    def test_roundRobinSharesByWeightInOrder(self) -> None:
         port = yield self.three("roundrobin")
-        got = yield threads.deferToThread(lambda: Counter(ask(port) for _ in range(600)))
-        self.assertEqual(got, {"a": 100, "b": 200, "c": 300})
+        got = yield threads.deferToThread(lambda: [ask(port) for _ in range(600)])
+        self.assertEqual(Counter(got), {"a": 100, "b": 200, "c": 300})
+        # Smooth weighted round robin: the same interleaved cycle every 6
+        # connections (never c, c, c in a burst).
+        self.assertEqual(got, ["c", "b", "a", "c", "b", "c"] * 100)
 
     @defer.inlineCallbacks
     def test_leastConnectionsBalancesOpenConnectionsByWeight(self) -> None:
@@ -180,7 +162,7 @@ class BalancingOverSocketsTests(SwitchCase):
         # Free two of c's: the next two go to c, the least loaded per weight.
         for s in [s for s, name in held if name == "c"][:2]:
             s.close()
-        yield wait_until(lambda: self.target.servers[2].active == 4, "c's connections to end")
+        yield until(lambda: self.target.servers[2].active == 4, "c's connections to end")
         more = yield threads.deferToThread(lambda: [hold(port) for _ in range(2)])
         self.addCleanup(self.close_held, [s for s, _ in more])
         self.assertEqual([name for _, name in more], ["c", "c"])
@@ -244,7 +226,7 @@ class RetryOverSocketsTests(SwitchCase):
         port = yield self.switch({"servers": servers, "balance": "first", "retries": 2,
                                   "connect_timeout": 0.5, "passive_failures": 0})
         seen = yield threads.deferToThread(traffic.exchange, port, 300_000, 1000)
-        yield wait_until(lambda: self.access.events, "the access event")
+        yield until(lambda: self.access.events, "the access event")
         [event] = self.access.events
         self.assertEqual((event["server"], event["reason"], event["bytes_in"]),
                          (servers[2], "normal", seen["sent"]))
@@ -256,7 +238,7 @@ class RetryOverSocketsTests(SwitchCase):
                                   "passive_failures": 0})
         got = yield threads.deferToThread(ask, port)
         self.assertEqual(got, "")
-        yield wait_until(lambda: self.access.events, "the access event")
+        yield until(lambda: self.access.events, "the access event")
         [event] = self.access.events
         self.assertEqual(event["reason"], "backend_refused")
         self.assertEqual(event["detail"].count("Connection refused"), 2, event["detail"])
@@ -273,7 +255,7 @@ class QueueOverSocketsTests(SwitchCase):
         waiting = socket.create_connection(("127.0.0.1", port), timeout=WAIT)
         self.addCleanup(waiting.close)
         waiting.sendall(b"hello\n")
-        yield wait_until(lambda: len(self.target._queue) == 1, "a queued connection")
+        yield until(lambda: len(self.target._queue) == 1, "a queued connection")
         refused = yield threads.deferToThread(ask, port)
         self.assertEqual(refused, "")
         self.assertEqual(server_.accepted, 1)
@@ -305,12 +287,12 @@ class HealthOverSocketsTests(SwitchCase):
             "servers": [f"127.0.0.1:{a.port}", f"127.0.0.1:{b.port}"], "check": True,
             "check_interval": 0.1, "check_rise": 2, "check_fall": 2, "passive_failures": 0})
         yield a.listening.stopListening()
-        yield wait_until(lambda: not self.target.servers[0].up, "a to fall")
+        yield until(lambda: not self.target.servers[0].up, "a to fall")
         got = yield threads.deferToThread(lambda: Counter(ask(port) for _ in range(20)))
         self.assertEqual(got, {"b": 20})  # no retry needed: a is not even tried
         self.assertEqual(a.accepted, 0)
         restarted = yield self.named("a", port=a.port)
-        yield wait_until(lambda: self.target.servers[0].up, "a to rise")
+        yield until(lambda: self.target.servers[0].up, "a to rise")
         got = yield threads.deferToThread(lambda: Counter(ask(port) for _ in range(20)))
         self.assertEqual(got, {"a": 10, "b": 10})
         self.assertGreater(restarted.accepted, 10)  # checks and connections
@@ -340,9 +322,9 @@ class HealthOverSocketsTests(SwitchCase):
         target.start()
         self.addCleanup(target.stop)
         healthy[0] = False
-        yield wait_until(lambda: not target.servers[0].up, "the check to fail")
+        yield until(lambda: not target.servers[0].up, "the check to fail")
         healthy[0] = True
-        yield wait_until(lambda: target.servers[0].up, "the check to pass")
+        yield until(lambda: target.servers[0].up, "the check to pass")
         down = next(e for e in self.backend_log.events if e.get("state") == "DOWN")
         self.assertIn("-LOADING", down["why"])
 
@@ -357,7 +339,7 @@ class HealthOverSocketsTests(SwitchCase):
         self.assertEqual(got, {"b": 10})  # every client served, retried on b
         self.assertFalse(self.target.servers[0].up)
         restarted = yield self.named("a", port=a.port)
-        yield wait_until(lambda: self.target.servers[0].up, "the down time to pass")
+        yield until(lambda: self.target.servers[0].up, "the down time to pass")
         got = yield threads.deferToThread(lambda: Counter(ask(port) for _ in range(10)))
         self.assertEqual(got, {"a": 5, "b": 5})
         self.assertEqual(restarted.accepted, 5)
@@ -427,14 +409,14 @@ class DiscoveryOverSocketsTests(SwitchCase):
         switch = yield self.switch({
             "servers": [{"address": f"svc.test:{port}", "discovery": "dns"}],
             "resolvers": [f"127.0.0.1:{dns_port}"], "dns_refresh": 0.2, "dns_family": "v4"})
-        yield wait_until(lambda: self.target.servers, "the first answer")
+        yield until(lambda: self.target.servers, "the first answer")
         self.assertEqual((yield self.answers(switch, 4)), {"127.0.0.2": 4})
         self.zone.set("svc.test", dns.Record_A("127.0.0.3"))
-        yield wait_until(lambda: [s.description for s in self.target.servers]
+        yield until(lambda: [s.description for s in self.target.servers]
                          == [f"127.0.0.3:{port}"], "the changed record")
         self.assertEqual((yield self.answers(switch, 4)), {"127.0.0.3": 4})
         self.zone.set("svc.test", dns.Record_A("127.0.0.2"), dns.Record_A("127.0.0.3"))
-        yield wait_until(lambda: len(self.target.servers) == 2, "two records")
+        yield until(lambda: len(self.target.servers) == 2, "two records")
         self.assertEqual((yield self.answers(switch, 4)), {"127.0.0.2": 2, "127.0.0.3": 2})
         messages = [e["log_format"].format(**e) for e in self.backend_log.events]
         self.assertEqual(messages, [
@@ -456,8 +438,8 @@ class DiscoveryOverSocketsTests(SwitchCase):
         switch = yield self.switch({
             "servers": [{"address": "_app._tcp.test", "discovery": "srv"}],
             "resolvers": [f"127.0.0.1:{dns_port}"], "dns_refresh": 0.2, "dns_family": "v4"})
-        yield wait_until(lambda: len(self.target.servers) == 2, "the first answer")
+        yield until(lambda: len(self.target.servers) == 2, "the first answer")
         self.assertEqual((yield self.answers(switch, 4)), {"127.0.0.2": 4})
         self.zone.set("_app._tcp.test", dns.Record_SRV(1, 1, port, "two.test"))
-        yield wait_until(lambda: len(self.target.servers) == 1, "the changed records")
+        yield until(lambda: len(self.target.servers) == 1, "the changed records")
         self.assertEqual((yield self.answers(switch, 4)), {"127.0.0.3": 4})

@@ -156,6 +156,35 @@ class ConfigErrorTests(unittest.TestCase):
         self.assertIn("not valid TOML", str(caught.exception))
 
 
+class AccessRuleConfigTests(unittest.TestCase):
+    """A route's ``allow`` and ``deny`` keys, compiled into the rule the connection asks."""
+
+    def route(self, rules: str) -> Any:
+        text = GOOD.format(port=1).replace('match = "any"', f'match = "any"\n{rules}')
+        return compile_text(text).listeners[0].routes[1]
+
+    def test_denyRefusesItsNetworksOnly(self) -> None:
+        admits = self.route('deny = ["127.0.0.2", "10.0.0.0/8"]').admits
+        self.assertEqual([admits(h) for h in ("127.0.0.2", "10.9.8.7", "::ffff:127.0.0.2")],
+                         [False, False, False])
+        self.assertEqual([admits(h) for h in ("127.0.0.1", "127.0.0.3", "::1")],
+                         [True, True, True])
+
+    def test_denyWinsOverAllow(self) -> None:
+        admits = self.route('allow = ["127.0.0.0/8"]\ndeny = ["127.0.0.2"]').admits
+        self.assertEqual([admits(h) for h in ("127.0.0.1", "127.0.0.2", "10.0.0.1")],
+                         [True, False, False])
+
+    def test_noRuleAdmitsEveryone(self) -> None:
+        self.assertIsNone(self.route("").admits)
+
+    def test_badNetworkNamesTheKey(self) -> None:
+        with self.assertRaises(ConfigError) as caught:
+            self.route('deny = ["127.0.0.2", "nope"]')
+        self.assertEqual(caught.exception.key, "listener.main.route[1].deny")
+        self.assertIn("'nope' is not an IP network", caught.exception.problem)
+
+
 class CommandLineTests(unittest.TestCase):
     """What a user sees from twistd itself."""
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import socket
 import subprocess
 
@@ -9,7 +10,8 @@ from twisted.trial import unittest
 
 from tests import traffic
 from tests.daemon import log_after, start_switchyard
-from tests.peers import free_port, start_haproxy, start_nginx
+from tests.helpers import WAIT, client_port, free_port, wait_for
+from tests.peers import start_haproxy, start_nginx
 
 HAPROXY = """
 defaults
@@ -54,6 +56,13 @@ to = "echo"
 listen = "127.0.0.1:{office}"
 
 [[listener.office.route]]
+name = "not-from-two"
+match = "regex"
+pattern = "^ECHO"
+deny = ["127.0.0.2/32"]
+to = "echo"
+
+[[listener.office.route]]
 name = "office-only"
 match = "http"
 allow = ["127.0.0.1/32"]
@@ -87,12 +96,15 @@ class InboundProxyTests(unittest.TestCase):
 
 
     def test_backendSeesTheClientHaproxySaw(self) -> None:
-        client_port = free_port()
-        out = self.curl(self.ports["front"], "--local-port", str(client_port))
+        for _ in range(5):
+            port = client_port()
+            out = self.curl(self.ports["front"], "--local-port", str(port))
+            if out.returncode != 45:  # 45: the port was taken meanwhile; another
+                break
         # Without the trusted header, nginx would see haproxy's own port.
-        self.assertEqual(out.stdout, f"pp 127.0.0.1 {client_port}\n", out.stderr)
+        self.assertEqual(out.stdout, f"pp 127.0.0.1 {port}\n", out.stderr)
         log = log_after(self.switchyard, "/http")
-        self.assertIn(f"127.0.0.1:{client_port} behind_haproxy/http", log)
+        self.assertIn(f"127.0.0.1:{port} behind_haproxy/http", log)
 
     def test_untrustedHeaderIsOrdinaryBytes(self) -> None:
         forged = b"PROXY TCP4 203.0.113.9 127.0.0.1 5555 80\r\nhello"
@@ -103,6 +115,26 @@ class InboundProxyTests(unittest.TestCase):
         log = log_after(self.switchyard, "untrusted/any")
         self.assertRegex(log, r"127\.0\.0\.1:\d+ untrusted/any")
         self.assertNotIn("203.0.113.9", log)
+
+    def echo(self, source: str) -> bytes:
+        with socket.create_connection(("127.0.0.1", self.ports["office"]), timeout=WAIT,
+                                      source_address=(source, 0)) as s:
+            s.sendall(b"ECHO hello")
+            s.shutdown(socket.SHUT_WR)
+            return traffic.recv_all(s)
+
+    def test_routeDenyListClosesItsNetwork(self) -> None:
+        self.assertEqual(self.echo("127.0.0.1"), b"ECHO hello")
+        self.assertEqual(self.echo("127.0.0.2"), b"")
+        self.assertEqual(self.echo("127.0.0.3"), b"ECHO hello")
+        log = wait_for(lambda: (text := self.switchyard.log_text()).count(
+            " office/not-from-two -> ") >= 3 and text, "three access lines")
+        self.assertRegex(log, r"127\.0\.0\.2:\d+ office/not-from-two -> - .* in=10 out=0 "
+                              r"[\d.]+s relay=- close=denied "
+                              r"\(client 127\.0\.0\.2 is not allowed on route not-from-two\)")
+        served = re.findall(r"(127\.0\.0\.\d):\d+ office/not-from-two -> echo .* "
+                            r"relay=twisted close=normal", log)
+        self.assertEqual(sorted(served), ["127.0.0.1", "127.0.0.3"])
 
     def test_routeAllowListAdmitsOnlyItsNetwork(self) -> None:
         ok = self.curl(self.ports["office"], "--interface", "127.0.0.1")

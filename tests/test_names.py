@@ -7,7 +7,8 @@ from hypothesis import strategies as st
 from twisted.trial.unittest import TestCase
 
 from switchyard.interfaces import MatcherConfigError
-from switchyard.matchers._names import Options, compile_name_patterns, normalize_name
+from switchyard.names import compile_name_patterns, normalize_name
+from switchyard.options import Options
 
 _label = st.from_regex(r"[a-z0-9]([a-z0-9-]{0,10}[a-z0-9])?", fullmatch=True)
 

@@ -13,7 +13,6 @@ import concurrent.futures
 import os
 import re
 import subprocess
-import time
 from typing import Any
 
 from twisted.internet import reactor
@@ -22,6 +21,7 @@ from twisted.trial import unittest
 from switchyard.config import load
 from switchyard.targets.responders import RedirectTarget
 from tests.daemon import REPO, start_switchyard
+from tests.helpers import WAIT, free_port, wait_for
 from tests.obfs_peers import (
     plugin_pids,
     process_gone,
@@ -30,7 +30,7 @@ from tests.obfs_peers import (
     start_websocket_echo,
     websocket_exchange,
 )
-from tests.peers import free_port, make_ca, start_nginx
+from tests.peers import make_ca, start_nginx
 
 HOST = "live.example.com"  # the website's name and the obfs host alike
 
@@ -140,17 +140,17 @@ class ObfsWebsiteTests(unittest.TestCase):
 
     # -- helpers -----------------------------------------------------------
 
-    def access_log(self, pattern: str, count: int = 1, timeout: float = 10) -> list[str]:
+    def access_log(self, pattern: str, count: int = 1, timeout: float = WAIT) -> list[str]:
         """Access-log lines matching C{pattern}, once there are C{count}."""
-        deadline = time.monotonic() + timeout
-        while True:
-            text = self.switchyard.log_text()
-            lines = [line for line in text.splitlines() if re.search(pattern, line)]
-            if len(lines) >= count:
-                return lines
-            if time.monotonic() > deadline:
-                self.fail(f"{count} access-log lines like {pattern!r} expected\n{text}")
-            time.sleep(0.05)
+        def lines() -> list[str]:
+            return [line for line in self.switchyard.log_text().splitlines()
+                    if re.search(pattern, line)]
+
+        try:
+            return wait_for(lambda: len(found := lines()) >= count and found,
+                            f"{count} access-log lines like {pattern!r}", timeout)
+        except AssertionError as e:
+            self.fail(f"{e}\n{self.switchyard.log_text()}")
 
     def curl(self, url: str, *extra: str) -> str:
         """curl's output, as received (CR LF kept)."""
@@ -253,10 +253,8 @@ class ObfsWebsiteTests(unittest.TestCase):
         self.assertEqual(len(children), 3, "each ss-* runs one obfs plugin")
         for program in programs:
             program.stop()
-        deadline = time.monotonic() + 5
-        while not all(process_gone(pid) for pid in children) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        self.assertEqual([pid for pid in children if not process_gone(pid)], [])
+        wait_for(lambda: all(process_gone(pid) for pid in children),
+                 f"the obfs plugins {children} to exit")
 
 
 class ExampleConfigTests(unittest.TestCase):

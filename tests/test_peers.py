@@ -2,22 +2,37 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import socket
 import subprocess
-import time
 
 from cryptography import x509
 from twisted.trial import unittest
 
 from tests import peers
+from tests.helpers import wait_for
 
 
 class HarnessTests(unittest.TestCase):
-    def test_free_port_is_bindable(self) -> None:
+    def test_free_port_is_reserved_for_a_server(self) -> None:
+        """free_port's port is kept from automatic choices (a plain bind, as a
+        parallel test's bind(0) or an outgoing connection would need, is
+        refused), while a server that sets SO_REUSEADDR listens on it."""
         port = peers.free_port()
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", port))
+        with socket.socket() as plain:
+            with self.assertRaises(OSError) as caught:
+                plain.bind(("127.0.0.1", port))
+            self.assertEqual(caught.exception.errno, errno.EADDRINUSE)
+        with socket.socket() as probe:  # nothing listens there yet
+            self.assertEqual(probe.connect_ex(("127.0.0.1", port)), errno.ECONNREFUSED)
+        with socket.socket() as server:
+            server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            server.bind(("127.0.0.1", port))
+            server.listen(1)
+            with socket.create_connection(("127.0.0.1", port), timeout=10):
+                pass
+        self.assertNotEqual(peers.free_port(), port)
 
     def test_start_failure_reports_stderr(self) -> None:
         workdir = os.path.abspath(self.mktemp())
@@ -35,6 +50,7 @@ class HarnessTests(unittest.TestCase):
         script = (
             "trap '' TERM; sleep 300 & "
             f"exec python3 -c 'import socket,time; s=socket.socket();"
+            " s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1);"
             f" s.bind((\"127.0.0.1\", {port})); s.listen(); time.sleep(300)'"
         )
         running = peers.start_process(self, ["sh", "-c", script], port,
@@ -42,15 +58,14 @@ class HarnessTests(unittest.TestCase):
         running.stop()
         self.assertIsNotNone(running.process.poll())
         # The orphaned "sleep" is SIGKILLed; init reaps it shortly after.
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline:
+        def group_gone() -> bool:
             try:
                 os.killpg(running.process.pid, 0)
             except ProcessLookupError:
-                break
-            time.sleep(0.05)
-        else:
-            self.fail("process group still alive after stop()")
+                return True
+            return False
+
+        wait_for(group_gone, "the process group to be gone after stop()")
         running.stop()  # idempotent
 
 

@@ -10,7 +10,6 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 from types import ModuleType
 
 from hypothesis import given, settings
@@ -26,7 +25,7 @@ from switchyard.interfaces import (
     Match,
     MatcherConfigError,
 )
-from tests.daemon import REPO, TWISTD, run_twistd, write_config
+from tests.daemon import REPO, TWISTD, log_after, run_twistd, write_config
 from tests.peers import Running, free_port, start_process
 
 DEMO = os.path.join(REPO, "docs", "examples", "plugin-demo")
@@ -139,7 +138,9 @@ class DiscoveryTests(TestCase):
                   "from twisted.plugin import getPlugins\n"
                   "from switchyard.interfaces import IMatcherFactory\n"
                   "for f in getPlugins(IMatcherFactory, twisted.plugins):\n"
-                  "    print('plugin', f.name, type(f).__module__)\n")
+                  "    where = getattr(f, 'function', f)  # simple_matcher keeps the function\n"
+                  "    print('plugin', f.name, where.__module__ if where is not f\n"
+                  "          else type(f).__module__)\n")
         out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                              timeout=60, env={**os.environ, **demo_env()}, cwd=DEMO,
                              stdin=subprocess.DEVNULL)
@@ -265,13 +266,8 @@ class EndToEndTests(TestCase):
         self.switchyard = start_with_plugin(self, CONFIG.replace("{port}", str(self.port)),
                                             self.port)
 
-    def log_waiting_for(self, text: str, timeout: float = 10) -> str:
-        deadline = time.monotonic() + timeout
-        while True:
-            log = self.switchyard.log_text()
-            if text in log or time.monotonic() > deadline:
-                return log
-            time.sleep(0.05)
+    def log_waiting_for(self, text: str) -> str:
+        return log_after(self.switchyard, text)
 
     def test_curlSocks5ReachesTheSocks5Route(self) -> None:
         # echo answers curl's greeting with itself: curl reads "method 0x02"

@@ -8,10 +8,9 @@ from twisted.internet import error
 from twisted.internet.testing import MemoryReactorClock
 from twisted.python.failure import Failure
 from twisted.trial import unittest
-from zope.interface import implementer
 
 from switchyard.config import compile_config
-from switchyard.interfaces import IConnection, OptionError
+from switchyard.interfaces import OptionError
 from switchyard.listener import ListenerBooks
 from switchyard.targets.responders import (
     BUILTIN_RESPONDERS,
@@ -21,7 +20,7 @@ from switchyard.targets.responders import (
     http_response,
 )
 from switchyard.wire.http import RequestHead, parse_request_head
-from tests.fakes import CapturedEvents, connect
+from tests.fakes import CapturedEvents, FakeConnection, connect
 
 
 def head_of(data: bytes) -> RequestHead:
@@ -35,50 +34,16 @@ def get(target: str, *headers: str, method: str = "GET", version: str = "1.1") -
     return "\r\n".join(lines).encode("latin-1")
 
 
-@implementer(IConnection)
-class FakeConnection:
-    """Records what a target does with a connection: logic only, no switch."""
-
-    reactor = None
-    client_address = None
-    local_address = None
-
-    def __init__(self, buffered: bytes) -> None:
-        self.buffered = buffered
-        self.facts: dict[str, Any] = {}
-        self.server = ""
-        self.closed: tuple[str, str, bytes] | None = None
-        self.spliced: Any = None
-
-    def set_server(self, description: str) -> None:
-        self.server = description
-
-    def splice(self, peer: Any, prefix: bytes = b"") -> None:
-        self.spliced = peer
-
-    def peer_data(self, data: bytes) -> None:
-        raise AssertionError("a responder answers with close(reply=...)")
-
-    def peer_eof(self) -> None:
-        pass
-
-    def peer_lost(self, reason: Any) -> None:
-        pass
-
-    def close(self, reason: str, detail: str = "", reply: bytes = b"") -> None:
-        self.closed = (reason, detail, reply)
-
-
 def compiled(name: str, table: dict[str, Any]) -> Any:
     """compile_responder's target, typed loosely: tests read its attributes."""
     return compile_responder(name, table)
 
 
 def answer(target: RedirectTarget, data: bytes) -> tuple[str, str, bytes]:
-    connection = FakeConnection(data)
+    connection = FakeConnection(buffered=data)
     target.attach(connection)
     assert connection.closed is not None, "no answer"
-    return connection.closed
+    return (*connection.closed, connection.reply)
 
 
 class LocationTests(unittest.TestCase):
@@ -193,14 +158,15 @@ class RedirectAnswerTests(unittest.TestCase):
         self.assertIn(f"Location: https://e.com{target}\r\n".encode(), reply)
 
     def test_incompleteHeadWaitsForTheRest(self) -> None:
-        connection = FakeConnection(b"GET /a HTTP/1.1\r\nHost: e.c")
+        connection = FakeConnection(buffered=b"GET /a HTTP/1.1\r\nHost: e.c")
         RedirectTarget().attach(connection)
         self.assertIsNone(connection.closed)
-        self.assertIsNotNone(connection.spliced)
+        [(peer, prefix)] = connection.spliced
+        self.assertEqual(prefix, b"")
         # The switch writes the opening and then everything that follows.
-        connection.spliced.write(connection.buffered)
+        peer.write(connection.buffered)
         self.assertIsNone(connection.closed)
-        connection.spliced.write(b"om\r\n\r\n")
+        peer.write(b"om\r\n\r\n")
         assert connection.closed is not None
         self.assertEqual(connection.closed[1], "301 https://e.com/a")
 

@@ -10,12 +10,12 @@ import struct
 import subprocess
 import sys
 import textwrap
-import time
 
 from twisted.trial import unittest
 
 from tests import traffic
 from tests.daemon import log_after, start_switchyard
+from tests.helpers import WAIT, client_port, wait_for
 from tests.peers import (
     free_port,
     make_ca,
@@ -312,13 +312,17 @@ class TerminationTests(unittest.TestCase):
         self.assertIn("public>site/digest", log_after(self.switchyard, "public>site/digest"))
 
     def test_plaintextBackendGetsProxyV2WithTlsFacts(self) -> None:
-        out = subprocess.run(
-            ["curl", "-sS", "--max-time", "10", "--cacert", self.ca.cert_path,
-             "--resolve", f"a.example.com:{self.port}:127.0.0.1", "--local-port",
-             str(free_port()), f"https://a.example.com:{self.port}/pp"],
-            capture_output=True, text=True, timeout=30)
+        for _ in range(5):
+            port = client_port()
+            out = subprocess.run(
+                ["curl", "-sS", "--max-time", "10", "--cacert", self.ca.cert_path,
+                 "--resolve", f"a.example.com:{self.port}:127.0.0.1", "--local-port",
+                 str(port), f"https://a.example.com:{self.port}/pp"],
+                capture_output=True, text=True, timeout=30)
+            if out.returncode != 45:  # 45: the port was taken meanwhile; another
+                break
         # Real haproxy accepted the header (with its SSL TLV) and read the client.
-        self.assertRegex(out.stdout, r"^src=127\.0\.0\.1 sport=\d+ authority=a\.example\.com\n$",
+        self.assertEqual(out.stdout, f"src=127.0.0.1 sport={port} authority=a.example.com\n",
                          out.stderr)
 
     # -- mutual TLS ---------------------------------------------------------
@@ -356,10 +360,8 @@ class TerminationTests(unittest.TestCase):
             pass
         with socket.create_connection(("127.0.0.1", self.port), timeout=10) as s:
             s.sendall(outgoing.read())  # the ClientHello, then nothing more
-            started = time.monotonic()
-            s.settimeout(15)
+            s.settimeout(WAIT)  # the switch's timeout ends it long before
             traffic.recv_all(s)
-            self.assertLess(time.monotonic() - started, 10)
         self.assertIn("public>site/- -> - ", log_after(self.switchyard, "close=sniff_timeout"))
         self.assertIn("close=sniff_timeout", self.switchyard.log_text())
 
@@ -423,24 +425,20 @@ class CertificateReloadTests(unittest.TestCase):
                 held.sendall(b"before ")
                 self.replace_certificate()
                 os.kill(self.switchyard.process.pid, signal.SIGHUP)
-                deadline = time.monotonic() + 10
-                while b"new.example.com" not in self.served_names():
-                    self.assertLess(time.monotonic(), deadline, self.switchyard.log_text())
-                    time.sleep(0.2)
+                wait_for(lambda: b"new.example.com" in self.served_names(),
+                         "the new certificate to be served", interval=0.2)
                 # The connection opened before the reload still works.
                 held.sendall(b"after")
                 got = b""
                 while len(got) < len(b"before after"):
                     got += held.recv(100)
                 self.assertEqual(got, b"before after")
-        self.assertIn("certificates reloaded", self.switchyard.log_text())
+        self.assertRegex(self.switchyard.log_text(), r"reload: .* applied")
 
     def test_changedFilesAreNoticedWithoutSignal(self) -> None:
         self.replace_certificate()
-        deadline = time.monotonic() + 15
-        while b"new.example.com" not in self.served_names():
-            self.assertLess(time.monotonic(), deadline, self.switchyard.log_text())
-            time.sleep(0.5)
+        wait_for(lambda: b"new.example.com" in self.served_names(),
+                 "the new certificate to be noticed", interval=0.5)
 
 
 class CertificateConfigErrorTests(unittest.TestCase):

@@ -18,7 +18,11 @@ import threading
 import time
 from typing import Any
 
-LOCALHOST = "127.0.0.1"
+from tests.helpers import LOCALHOST, recv_all
+from tests.helpers import recv_exact as _recv_exact
+
+__all__ = ["LOCALHOST", "MAGIC", "SLOW_BODY", "SLOW_CHUNK", "DigestServer", "SlowServer",
+           "exchange", "kernel_buffering", "payload", "recv_all", "whole_chunks"]
 MAGIC = b"DGST"  # the opening, so routes can match this traffic (regex ^DGST)
 
 
@@ -87,25 +91,6 @@ class SlowServer(DigestServer):
     """A threaded backend on 127.0.0.1 answering any request with SLOW_BODY, slowly."""
 
     handler = _SlowHandler
-
-
-def _recv_exact(sock: socket.socket, n: int) -> bytes:
-    data = b""
-    while len(data) < n:
-        chunk = sock.recv(n - len(data))
-        if not chunk:
-            raise ConnectionError(f"closed after {len(data)} of {n} bytes")
-        data += chunk
-    return data
-
-
-def recv_all(sock: socket.socket) -> bytes:
-    parts = []
-    while True:
-        chunk = sock.recv(65536)
-        if not chunk:
-            return b"".join(parts)
-        parts.append(chunk)
 
 
 def exchange(port: int, send: int, receive: int, seed: int = 1, host: str = LOCALHOST,

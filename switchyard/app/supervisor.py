@@ -12,11 +12,19 @@ from typing import Any
 
 from twisted.application import service
 from twisted.internet import defer, error, protocol
+from twisted.internet.endpoints import (
+    AdoptedStreamServerEndpoint,
+    TCP4ServerEndpoint,
+    TCP6ServerEndpoint,
+    UNIXServerEndpoint,
+)
 from twisted.logger import Logger, LogLevel, eventFromJSON, globalLogPublisher
 from twisted.python.failure import Failure
 
 from switchyard.app.worker import FIRST_LISTENER_FD, LOG_FD
-from switchyard.config import Config, ConfigError
+from switchyard.config import Config, ConfigError, load
+from switchyard.endpoints import SystemdEndpoint
+from switchyard.observe.metrics import NO_METRICS
 from switchyard.relay import internals
 
 # Restart back-off: the first restart of a worker slot waits RESTART_DELAY,
@@ -38,21 +46,34 @@ def shareable(config: Config) -> None:
     Workers take over plain listening sockets (TCP, unix, systemd-passed);
     an ``ssl:`` endpoint wraps its port in TLS that adoptStreamPort would lose.
     """
-    from twisted.internet.endpoints import (
-        AdoptedStreamServerEndpoint,
-        TCP4ServerEndpoint,
-        TCP6ServerEndpoint,
-        UNIXServerEndpoint,
-    )
-
     kinds = (TCP4ServerEndpoint, TCP6ServerEndpoint, UNIXServerEndpoint,
-             AdoptedStreamServerEndpoint)
+             AdoptedStreamServerEndpoint, SystemdEndpoint)
     for listener in config.listeners:
         if not isinstance(listener.endpoint, kinds):
             raise ConfigError(f"listener.{listener.name}.listen",
                               f"{listener.listen!r} cannot be shared by workers "
                               "(workers > 1 takes tcp, tcp6, unix and systemd listeners; "
                               "terminate TLS with a [tls.NAME] target instead)")
+
+
+def _share(listener: Any) -> Any:
+    """Bind ``listener``'s socket for the workers; raise what stops it."""
+    results: list[Any] = []
+    assert listener.endpoint is not None  # a top-level listener always has one
+    listener.endpoint.listen(_SharedWithWorkers()).addBoth(results.append)
+    if not results:
+        raise RuntimeError(f"listener {listener.name}: {listener.listen!r} "
+                           "did not listen synchronously")
+    if isinstance(results[0], Failure):
+        results[0].raiseException()
+    port = results[0]
+    # Only the workers accept; the parent keeps the socket open so a
+    # restarted worker can inherit it again.
+    port.stopReading()
+    # Closing it must only drop this process's reference: Twisted's
+    # shutdown() before close() would stop the workers' copies too.
+    internals.close_without_shutdown(port)
+    return port
 
 
 class _SharedWithWorkers(protocol.Factory):
@@ -67,10 +88,15 @@ class _SharedWithWorkers(protocol.Factory):
 class WorkerSupervisor(service.Service):
     """Open every listener's socket, run ``count`` workers on them, keep them running.
 
-    The parent accepts nothing itself. SIGHUP is forwarded to every worker;
-    stopping (SIGTERM, SIGINT) closes the parent's copies of the sockets,
+    The parent accepts nothing itself. SIGHUP reloads: the parent checks
+    the config file, opens any new listening socket, then replaces the
+    workers one after another (a new one with the new config, and once it
+    is ready, the old one drains), so the port never stops answering.
+    Stopping (SIGTERM, SIGINT) closes the parent's copies of the sockets,
     sends SIGTERM to every worker and waits for all of them to exit.
     """
+
+    metrics: Any = NO_METRICS  # the parent's /metrics, fed by the workers' reports
 
     def __init__(self, config: Config, count: int, reactor: Any) -> None:
         self.config = config
@@ -85,28 +111,18 @@ class WorkerSupervisor(service.Service):
         self._exits: dict[int, defer.Deferred[None]] = {}
         self._kill_timer: Any = None
         self._ever_started: set[int] = set()
+        # A reload in progress: worker slots still to replace, the old
+        # workers draining, and the parent's sockets to close at the end.
+        self._rolling: list[int] = []
+        self.retiring: dict[int, _WorkerProtocol] = {}  # by pid
+        self._closing_ports: list[Any] = []
 
     def privilegedStartService(self) -> None:
         # Before privileges are dropped, and before any worker exists: a port
         # that cannot be bound stops twistd here, exit non-zero.
         super().privilegedStartService()
         for listener in self.config.listeners:
-            results: list[Any] = []
-            assert listener.endpoint is not None  # a top-level listener always has one
-            listener.endpoint.listen(_SharedWithWorkers()).addBoth(results.append)
-            if not results:
-                raise RuntimeError(f"listener {listener.name}: {listener.listen!r} "
-                                   "did not listen synchronously")
-            if isinstance(results[0], Failure):
-                results[0].raiseException()
-            port = results[0]
-            # Only the workers accept; the parent keeps the socket open so a
-            # restarted worker can inherit it again.
-            port.stopReading()
-            # Closing it must only drop this process's reference: Twisted's
-            # shutdown() before close() would stop the workers' copies too.
-            internals.close_without_shutdown(port)
-            self.ports[listener.name] = port
+            self.ports[listener.name] = _share(listener)
 
     def startService(self) -> None:
         super().startService()
@@ -133,7 +149,8 @@ class WorkerSupervisor(service.Service):
         argv, child_fds = self.command(worker_id)
         worker = _WorkerProtocol(self, worker_id)
         # The worker imports the same switchyard as this process.
-        package_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        package_root = os.path.dirname(os.path.dirname(os.path.dirname(
+            os.path.abspath(__file__))))
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root,
                                                           env.get("PYTHONPATH")]))
@@ -154,17 +171,96 @@ class WorkerSupervisor(service.Service):
                  what="restarted" if restarted else "started")
 
     def hangup(self) -> None:
-        """SIGHUP: every worker reloads its certificates."""
-        ids = sorted(self.workers)
-        log.info("SIGHUP received: forwarding it to workers {ids}",
-                 ids=", ".join(map(str, ids)) or "(none running)")
-        for worker in self.workers.values():
-            worker.hangup()
+        """SIGHUP: check the config file, then replace the workers with ones
+        running it, one after another."""
+        log.info("SIGHUP received: reloading {path}", path=self.config.path)
+        self.reload()
+
+    def reload(self) -> bool:
+        if self._rolling:
+            log.warn("reload: one is already in progress (workers {ids} still to replace): "
+                     "try again once it is done", ids=", ".join(map(str, self._rolling)))
+            return False
+        try:
+            new = load(self.config.path, self.reactor)
+            shareable(new)
+        except ConfigError as e:
+            log.error("reload: keeping the running configuration: {path}: {error}",
+                      path=self.config.path, error=str(e))
+            return False
+        current = {listener.name: listener for listener in self.config.listeners}
+        ports: dict[str, Any] = {}
+        for listener in new.listeners:
+            same = current.get(listener.name)
+            if same is not None and same.listen == listener.listen:
+                ports[listener.name] = self.ports[listener.name]
+                continue
+            try:
+                ports[listener.name] = _share(listener)
+            except Exception as e:
+                for name, port in ports.items():
+                    if port is not self.ports.get(name):
+                        port.stopListening()
+                log.error("reload: keeping the running configuration: listener {name}: "
+                          "cannot listen on {listen}: {error}", name=listener.name,
+                          listen=listener.listen, error=getattr(e, "strerror", None) or e)
+                return False
+        if new.workers != self.config.workers:
+            log.warn("reload: workers changed from {old} to {new}: that takes a restart; "
+                     "the rest is applied", old=self.config.workers, new=new.workers)
+        self._closing_ports = [port for name, port in self.ports.items()
+                               if ports.get(name) is not port]
+        self.ports = ports
+        self.config = new
+        self.config_text = new.source
+        self._rolling = sorted(self.workers)
+        log.info("reload: {path} checked; replacing workers {ids} one after another",
+                 path=new.path, ids=", ".join(map(str, self._rolling)))
+        self._roll()
+        return True
+
+    def _roll(self) -> None:
+        """Replace the next worker: its successor starts, and the old one is
+        told to stop once the new one is ready (L{worker_ready})."""
+        if self.stopping:
+            return
+        if not self._rolling:
+            for port in self._closing_ports:
+                port.stopListening()
+            self._closing_ports = []
+            log.info("reload: every worker runs the new configuration")
+            return
+        worker_id = self._rolling[0]
+        old = self.workers.get(worker_id)
+        if old is not None:
+            self.retiring[old.pid or 0] = old
+            del self.workers[worker_id]
+        self._spawn(worker_id)
+
+    def worker_ready(self, worker: _WorkerProtocol) -> None:
+        if self._rolling and worker.worker_id == self._rolling[0] \
+                and self.workers.get(worker.worker_id) is worker:
+            self._rolling.pop(0)
+            for pid, old in list(self.retiring.items()):
+                if old.worker_id == worker.worker_id and not old.told_to_stop:
+                    old.told_to_stop = True
+                    log.info("worker {worker} (pid {pid}) replaced by pid {new}: draining",
+                             worker=old.worker_id, pid=pid, new=worker.pid)
+                    old.signal("TERM")
+            self._roll()
 
     def worker_ended(self, worker: _WorkerProtocol, reason: Failure) -> None:
+        status = _exit_status(reason)
+        if self.retiring.get(worker.pid or 0) is worker:
+            del self.retiring[worker.pid or 0]
+            log.info("worker {worker} (pid {pid}, replaced) exited: {status}",
+                     worker=worker.worker_id, pid=worker.pid, status=status)
+            waiting = self._exits.pop(-(worker.pid or 0), None)
+            if waiting is not None:
+                waiting.callback(None)
+            return
         if self.workers.get(worker.worker_id) is worker:
             del self.workers[worker.worker_id]
-        status = _exit_status(reason)
         if self.stopping:
             log.info("worker {worker} (pid {pid}) exited: {status}", worker=worker.worker_id,
                      pid=worker.pid, status=status)
@@ -209,6 +305,11 @@ class WorkerSupervisor(service.Service):
             self._exits[worker_id] = exited
             waiting.append(exited)
             worker.signal("TERM")
+        for pid, worker in self.retiring.items():  # (keyed apart from the slots)
+            exited = defer.Deferred()
+            self._exits[-pid] = exited
+            waiting.append(exited)
+            worker.signal("TERM")
         if self._exits:
             grace = max((listener.grace_period for listener in self.config.listeners),
                         default=0.0)
@@ -218,7 +319,7 @@ class WorkerSupervisor(service.Service):
         return done
 
     def _kill_rest(self) -> None:
-        for worker in self.workers.values():
+        for worker in [*self.workers.values(), *self.retiring.values()]:
             log.warn("worker {worker} (pid {pid}) did not stop in time: killing it",
                      worker=worker.worker_id, pid=worker.pid)
             worker.signal("KILL")
@@ -252,7 +353,7 @@ class _WorkerProtocol(protocol.ProcessProtocol):
         self.pid: int | None = None
         self.started = 0.0
         self.ready = False
-        self.hangup_pending = False
+        self.told_to_stop = False  # a replaced worker, draining
         self._partial: dict[int, bytes] = {}
 
     def connectionMade(self) -> None:
@@ -267,14 +368,6 @@ class _WorkerProtocol(protocol.ProcessProtocol):
             self.transport.signalProcess(name)
         except error.ProcessExitedAlready:
             pass
-
-    def hangup(self) -> None:
-        # Until its handler is installed, SIGHUP would kill a starting
-        # worker: it gets the signal once it says it is ready.
-        if self.ready:
-            self.signal("HUP")
-        else:
-            self.hangup_pending = True
 
     def childDataReceived(self, childFD: int, data: bytes) -> None:
         lines = (self._partial.pop(childFD, b"") + data).split(b"\n")
@@ -291,13 +384,13 @@ class _WorkerProtocol(protocol.ProcessProtocol):
     def _line(self, childFD: int, line: bytes) -> None:
         if not line.strip():
             return
+        if childFD == LOG_FD and self.supervisor.metrics.take(self.worker_id, line):
+            return  # a metrics report, not a log line
         if childFD == LOG_FD:
             event = relay_event(self.worker_id, line)
             if event is not None and event.get("switchyard_worker_ready"):
                 self.ready = True
-                if self.hangup_pending:
-                    self.hangup_pending = False
-                    self.signal("HUP")
+                self.supervisor.worker_ready(self)
         else:
             # Whatever bypassed the worker's logging (an interpreter crash).
             stream = "stdout" if childFD == 1 else "stderr"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from typing import NoReturn
 
 from twisted.application import service
 from twisted.logger import Logger
@@ -37,11 +38,10 @@ class Options(usage.Options):
 
     def postOptions(self) -> None:
         if not self["config"]:
-            raise usage.UsageError("--config FILE is required")
+            _usage_error("--config FILE is required")
         workers = self["workers"]
         if workers is not None and not 1 <= workers <= MAX_WORKERS:
-            raise usage.UsageError(f"--workers: must be between 1 and {MAX_WORKERS}, "
-                                   f"got {workers}")
+            _usage_error(f"--workers: must be between 1 and {MAX_WORKERS}, got {workers}")
         from switchyard.relay import internals
         from switchyard.relay.reactor import install
 
@@ -68,6 +68,13 @@ class Options(usage.Options):
             raise SystemExit(0)
 
 
+def _usage_error(problem: str) -> NoReturn:
+    """A bad command line: one line on stderr and exit status 2, whatever
+    Twisted version parses it (twistd before 25 exits 0 on a UsageError)."""
+    sys.stderr.write(f"switchyard: {problem} (see twistd switchyard --help)\n")
+    raise SystemExit(2)
+
+
 def describe(config: Config) -> str:
     """A readable summary of the compiled route tables."""
     lines = []
@@ -80,7 +87,17 @@ def describe(config: Config) -> str:
             lines.extend(f"    {line}" for line in route.target.describe())
         if listener.on_timeout is not None:
             lines.append(f"  on timeout -> {listener.on_timeout.target.name}")
+    if config.metrics is not None:
+        lines.append(f"metrics on {config.metrics} (/metrics)")
     return "\n".join(lines)
+
+
+def _owner(options: Options) -> tuple[int | None, int | None]:
+    """The (uid, gid) twistd will switch to (``--uid``/``--gid``), if any."""
+    parent = getattr(options, "parent", None)
+    if parent is None:
+        return None, None
+    return parent.get("uid"), parent.get("gid")
 
 
 def makeService(options: Options) -> service.IService:
@@ -91,16 +108,19 @@ def makeService(options: Options) -> service.IService:
     config = options.compiled
     internals.check()  # logs a line for each part this Twisted cannot run
     if options.workers > 1:
-        from switchyard.app.service import StopOnSignals
+        from switchyard.app.service import StopOnSignals, start_parent_metrics
         from switchyard.app.supervisor import WorkerSupervisor
 
         top = service.MultiService()
         StopOnSignals(reactor).setServiceParent(top)
-        WorkerSupervisor(config, options.workers, reactor).setServiceParent(top)
+        supervisor = WorkerSupervisor(config, options.workers, reactor)
+        # The parent serves /metrics: the sum of its workers' reports.
+        supervisor.metrics = start_parent_metrics(config, top, reactor)
+        supervisor.setServiceParent(top)
     else:
         from switchyard.app.service import switch_service
 
-        top = switch_service(config, reactor)
+        top = switch_service(config, reactor, owner=_owner(options))
     log.info("switchyard: {config} compiled:\n{summary}\nreactor: {reactor}",
              config=config.path,
              summary=describe(config) + (f"\nworkers: {options.workers}"

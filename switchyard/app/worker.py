@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from twisted.internet import defer, error
+from twisted.internet.endpoints import AdoptedStreamServerEndpoint
 from twisted.internet.interfaces import (
     IListeningPort,
     IProtocolFactory,
@@ -50,8 +51,6 @@ class InheritedEndpoint:
         self.fd = fd
 
     def listen(self, factory: IProtocolFactory) -> defer.Deferred[IListeningPort]:
-        from twisted.internet.endpoints import AdoptedStreamServerEndpoint
-
         probe = socket.socket(fileno=os.dup(self.fd))
         family = probe.family
         probe.close()

@@ -18,7 +18,8 @@ from switchyard.interfaces import (
     MatcherConfigError,
     MatchResult,
 )
-from switchyard.matchers._names import Options, printable
+from switchyard.options import Options
+from switchyard.wire.text import printable
 
 MAX_FACT_LENGTH = 64
 # Matching needs the bytes in the switch's buffer, whose cap is configurable;

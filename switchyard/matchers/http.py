@@ -28,7 +28,8 @@ from switchyard.interfaces import (
     MatcherConfigError,
     MatchResult,
 )
-from switchyard.matchers._names import NamePredicate, Options
+from switchyard.names import NamePredicate
+from switchyard.options import Options
 from switchyard.wire.http import H2_PREFACE, MAX_METHOD, TCHAR, RequestHead, parse_request_head
 
 

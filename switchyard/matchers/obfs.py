@@ -26,8 +26,9 @@ import attr
 from zope.interface import implementer
 
 from switchyard.interfaces import NO, IMatcher, IMatcherFactory, Match, MatchResult
-from switchyard.matchers._names import NamePredicate, Options
 from switchyard.matchers.websocket import match_host, upgrade_request
+from switchyard.names import NamePredicate
+from switchyard.options import Options
 from switchyard.wire.http import RequestHead, has_body
 from switchyard.wire.tls import ClientHello, parse_client_hello
 

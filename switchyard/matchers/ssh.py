@@ -19,7 +19,8 @@ from typing import Any
 from zope.interface import implementer
 
 from switchyard.interfaces import NEED_MORE, NO, IMatcher, IMatcherFactory, Match, MatchResult
-from switchyard.matchers._names import Options, printable
+from switchyard.options import Options
+from switchyard.wire.text import printable
 
 SSH_PREFIX = b"SSH-"
 MAX_IDENTIFICATION = 255

@@ -17,7 +17,8 @@ from switchyard.interfaces import (
     MatcherConfigError,
     MatchResult,
 )
-from switchyard.matchers._names import NamePredicate, Options
+from switchyard.names import NamePredicate
+from switchyard.options import Options
 from switchyard.wire.tls import VERSIONS, ClientHello, parse_client_hello, version_name
 
 

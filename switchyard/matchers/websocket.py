@@ -28,7 +28,8 @@ from switchyard.interfaces import (
     MatchResult,
     Verdict,
 )
-from switchyard.matchers._names import NamePredicate, Options
+from switchyard.names import NamePredicate
+from switchyard.options import Options
 from switchyard.wire.http import RequestHead, has_body, header_tokens, parse_request_head
 
 PathPredicate = Callable[[str], bool]

@@ -2,11 +2,10 @@
 events handed to it directly.
 
 Twisted runs each I/O event's handler inside a logging context
-(``callWithLogger``, then ``_doReadOrWrite``): about 1.6 µs per event on
-this machine, which is most of the Python cost of relaying one small
-message (two events per request and answer). Descriptors whose class is in
-L{DIRECT} handle their own errors and get plain read and write events by a
-method call; hang-ups and errors, and every other descriptor, take
+(``callWithLogger``): most of the Python cost of relaying one small message
+(two events per request and answer; benchmarks/README.md has the figures).
+Descriptors whose class is in L{DIRECT} handle their own errors and get
+plain read and write events by a method call; hang-ups and errors, and every other descriptor, take
 Twisted's usual path. Twisted's own TCP ports and accepted connections
 (L{QUIET}) take the usual path without the logging context: Twisted's
 legacy error lines from inside them then show ``[-]`` rather than the

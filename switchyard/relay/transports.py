@@ -9,11 +9,15 @@ holds which direction has ended and how each side is closed.
 
 from __future__ import annotations
 
+import socket
+import struct
 from typing import Any
 
 from twisted.internet import error
 from twisted.internet.interfaces import IPushProducer, ISSLTransport
 from twisted.python.failure import Failure
+
+_LINGER_RESET = struct.pack("ii", 1, 0)  # struct linger {on, 0 s}: close() resets
 
 
 def _no_delay(transport: Any) -> None:
@@ -23,6 +27,22 @@ def _no_delay(transport: Any) -> None:
         transport.setTcpNoDelay(True)
     except (AttributeError, NotImplementedError, OSError):
         pass
+
+
+def _close(transport: Any, abort: bool) -> None:
+    """Close a side: a reset when ``abort`` (the other side's stream was cut,
+    and a FIN would pass it off as complete), else a clean close after what
+    is buffered."""
+    if not abort:
+        transport.loseConnection()
+        return
+    # Twisted's abortConnection closes without shutdown(2), which still
+    # sends a FIN: SO_LINGER 0 makes the close a reset.
+    try:
+        transport.getHandle().setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
+    except (AttributeError, OSError):
+        pass  # not a socket (a TLS layer's side): its abort is a reset of its own
+    transport.abortConnection()
 
 
 class TransportRelay:
@@ -75,10 +95,10 @@ class TransportRelay:
         return self.asked_tls_close and isinstance(reason.value, error.ConnectionLost)
 
     def close_peer(self, abort: bool) -> None:
-        (self.peer.abortConnection if abort else self.peer.loseConnection)()
+        _close(self.peer, abort)
 
     def close_client(self, abort: bool) -> None:
-        (self.client.abortConnection if abort else self.client.loseConnection)()
+        _close(self.client, abort)
 
     def _half_close(self, sink: Any, producer_was_pushing: bool) -> None:
         """Pass an end of stream on to ``sink``, once its buffer is flushed."""

@@ -18,7 +18,7 @@ from switchyard.endpoints import (
     tls_client_endpoint,
 )
 from switchyard.interfaces import OptionError
-from switchyard.options import Options, describe_value
+from switchyard.options import Options
 from switchyard.targets.backends.balancing import BALANCERS
 from switchyard.targets.backends.discovery import (
     FAMILIES,
@@ -30,6 +30,7 @@ from switchyard.targets.backends.discovery import (
 from switchyard.targets.backends.health import CheckSpec, HealthChecker
 from switchyard.targets.backends.pool import Pool, Server
 from switchyard.targets.backends.target import BackendTarget
+from switchyard.values import describe_value
 
 log = Logger(namespace="switchyard.backend")
 

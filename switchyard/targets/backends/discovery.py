@@ -10,6 +10,8 @@ import attr
 from twisted.internet import defer
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
+from twisted.names import client, dns
+from twisted.names.error import DNSNameError
 from twisted.python.failure import Failure
 
 from switchyard.targets.backends.pool import Pool, Server
@@ -54,7 +56,6 @@ def _wanted(address: str, family: str) -> bool:
 
 def _addresses(records: Any, family: str) -> list[str]:
     """The addresses of the A and AAAA records among ``records`` (CNAMEs are skipped)."""
-    from twisted.names import dns
 
     found = []
     for rr in records:
@@ -68,7 +69,6 @@ def _addresses(records: Any, family: str) -> list[str]:
 def lookup_addresses(resolver: Any, name: str, family: str) -> defer.Deferred[list[str]]:
     """The A and/or AAAA addresses of ``name``; none if it does not exist (NXDOMAIN),
     a failure if the resolver could not tell (timeout, SERVFAIL)."""
-    from twisted.names.error import DNSNameError
 
     def missing(f: Failure) -> list[str]:
         f.trap(DNSNameError)
@@ -93,8 +93,6 @@ def lookup_addresses(resolver: Any, name: str, family: str) -> defer.Deferred[li
 def lookup_service(resolver: Any, name: str,
                    family: str) -> Generator[defer.Deferred[Any], Any, list[Found]]:
     """The servers an SRV name lists, with their priorities and weights."""
-    from twisted.names import dns
-    from twisted.names.error import DNSNameError
 
     try:
         answers, _, additional = yield resolver.lookupService(name, DNS_TIMEOUTS)
@@ -229,7 +227,6 @@ def _changes(added: list[str], removed: list[str]) -> str:
 
 def make_resolver(servers: Sequence[tuple[str, int]], reactor: Any) -> Any:
     """A resolver asking ``servers``, or the system's (/etc/hosts, resolv.conf)."""
-    from twisted.names import client
 
     if servers:
         return client.Resolver(servers=list(servers), reactor=reactor, timeout=DNS_TIMEOUTS)

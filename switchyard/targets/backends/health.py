@@ -12,6 +12,7 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import LoopingCall
 from twisted.python.failure import Failure
 
+from switchyard.observe.metrics import NO_METRICS
 from switchyard.targets.backends.pool import Pool, Server
 
 MAX_CHECK_REPLY = 16 * 1024  # an answer that has not matched by then never will
@@ -137,6 +138,8 @@ class HealthChecker:
     """Checks every actively checked server of a pool each ``interval`` and moves
     it UP after ``rise`` passes in a row, DOWN after ``fall`` failures in a row."""
 
+    metrics: Any = NO_METRICS  # switchyard.observe.metrics sets the backend's
+
     def __init__(self, pool: Pool, spec: CheckSpec, reactor: Any) -> None:
         self.pool = pool
         self.spec = spec
@@ -183,6 +186,7 @@ class HealthChecker:
         """Count one check result towards ``rise`` or ``fall``."""
         if server not in self.pool.servers:
             return  # dropped by DNS discovery while it was being checked
+        self.metrics.health_checked(self.pool.name, server.description, why is None)
         if (why is None) == server.up:
             server.streak = 0
             return

@@ -143,9 +143,13 @@ class Pool:
         if not (self.passive_failures and server.up
                 and server.failures >= self.passive_failures):
             return
-        self.mark(server, False, f"{server.failures} connect failures in a row, last: {why}")
-        if not (server.checked and self.checks_running):
-            # No check will notice it is back: try it again after a while.
+        self.set_down(server, f"{server.failures} connect failures in a row, last: {why}")
+
+    def set_down(self, server: Server, why: str) -> None:
+        """Mark ``server`` down; without active checks to notice it is back,
+        it is tried again after passive_down_time."""
+        self.mark(server, False, why)
+        if not (server.checked and self.checks_running) and server.return_call is None:
             server.return_call = self.reactor.callLater(
                 self.passive_down_time, self._passive_return, server)
 

@@ -237,11 +237,29 @@ class BackendTarget:
     def servers(self) -> tuple[Server, ...]:
         return self.pool.servers
 
+    @property
+    def queue_length(self) -> int:
+        return len(self._queue)
+
     def describe(self) -> list[str]:
         return []
 
     def hangup(self) -> None:
         pass  # nothing read from files
+
+    def take_over(self, old: Any) -> None:
+        """A reload: servers that stay (same address) keep what the old
+        target knew of them: up or down, and the failures counted so far. A
+        server that was down stays down until its checks (or the passive
+        down time, started afresh) bring it back."""
+        known = {server.key: server for server in getattr(old, "servers", ())}
+        for server in self.pool.servers:
+            before = known.get(server.key)
+            if before is None:
+                continue
+            server.failures, server.streak = before.failures, before.streak
+            if not before.up:
+                self.pool.set_down(server, "down before the reload")
 
     def local_failure(self, f: Failure) -> None:
         """Log, at most once per LOCAL_FAILURE_LOG_INTERVAL, connects that
@@ -261,7 +279,7 @@ class BackendTarget:
 
     # -- the service's side ---------------------------------------------
 
-    def start(self) -> None:
+    def start(self, runtime: Any = None) -> None:
         """Start the health checks and DNS discovery (timers on the reactor)."""
         if self.discovery is not None:
             self.discovery.start()

@@ -320,7 +320,9 @@ class Keyring:
     blob (the same line comes back with every connection of a client, and
     a PBKDF2 derivation costs milliseconds); failures are never cached, so
     every failure costs the full work and random blobs cannot push good
-    entries out.
+    entries out. L{open} does it all in one call; the gateway target calls
+    L{cached}, L{unlock} (in a thread for PBKDF2) and L{remember} apart, so
+    that the cache is only ever touched from the reactor thread.
     """
 
     def __init__(self, secrets: Iterable[Secret], kdf: Kdf = Kdf.MD5,
@@ -346,12 +348,27 @@ class Keyring:
         """
         The address in C{blob}, or C{None} whatever went wrong (shape, key,
         padding or address): one answer for every failure, after the same
-        work for every blob of valid shape.
+        work for every blob of valid shape. L{cached}, then L{unlock} and
+        L{remember} in one call.
         """
+        found = self.cached(blob)
+        if found is None:
+            found = self.unlock(blob)
+            self.remember(blob, found)
+        return found
+
+    def cached(self, blob: bytes) -> Address | None:
+        """The address a blob opened to before, if the cache still holds it."""
         cached = self._cache.get(blob)
         if cached is not None:
             self._cache.move_to_end(blob)
-            return cached
+        return cached
+
+    def unlock(self, blob: bytes) -> Address | None:
+        """
+        Decrypt C{blob} with every secret, without the cache: the expensive
+        part, which touches nothing mutable, so it may run in a thread.
+        """
         parts = split_blob(blob)
         if parts is None:
             return None
@@ -365,11 +382,16 @@ class Keyring:
             address = parse_address(plaintext)
             if found is None and good and address is not None:
                 found = address
-        if found is not None and self.cache_size > 0:
-            self._cache[blob] = found
-            if len(self._cache) > self.cache_size:
-                self._cache.popitem(last=False)
         return found
+
+    def remember(self, blob: bytes, address: Address | None) -> None:
+        """Cache a success (never a failure); the oldest entry makes room."""
+        if address is None or self.cache_size <= 0:
+            return
+        self._cache[blob] = address
+        self._cache.move_to_end(blob)
+        if len(self._cache) > self.cache_size:
+            self._cache.popitem(last=False)
 
     def open_line(self, line: bytes) -> Address | None:
         """L{open} for a base64 line (line and HTTP openings)."""

@@ -232,7 +232,11 @@ class _PlaintextSide:
         self.client.resumeProducing()
 
     def stopProducing(self) -> None:
-        self.loseConnection()
+        # A consumer going away (the backend's transport, as it is lost)
+        # stops its producer first: the inner connection then hears why
+        # (peer_lost) and ends this side cleanly or with a reset. Closing
+        # here would turn a backend's reset into a clean close_notify.
+        pass
 
     def registerProducer(self, producer: Any, streaming: bool) -> None:
         self.client.registerProducer(producer, streaming)

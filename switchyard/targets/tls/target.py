@@ -75,7 +75,7 @@ class TerminateTarget:
 
     # -- IRunningTarget: the certificate files are watched while running --
 
-    def start(self) -> None:
+    def start(self, runtime: Any = None) -> None:
         if self.reactor is not None:
             self.watcher = CertificateWatcher([self], self.reactor)
             self.watcher.start()

@@ -35,7 +35,7 @@ from zope.interface import implementer
 
 from switchyard.interfaces import ICompileContext, IConnection, IRunningTarget, ITargetKind
 from switchyard.listener import ListenerBooks
-from switchyard.matchers._names import normalize_name
+from switchyard.names import normalize_name
 from switchyard.targets.tunnels.channel import OPEN, QUIET, TunnelChannel
 from switchyard.targets.tunnels.link import LinkTransport, TunnelLink, text, widen_buffer
 from switchyard.targets.tunnels.registry import ANY_PORT

@@ -26,8 +26,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from switchyard.matchers._names import printable
 from switchyard.targets.tunnels.channel import QUIET, TunnelChannel
+from switchyard.wire.text import printable
 
 log = Logger(namespace="switchyard.tunnel")
 

@@ -18,7 +18,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from switchyard.interfaces import OptionError
-from switchyard.matchers._names import normalize_name
+from switchyard.names import normalize_name
 from switchyard.targets.backends.balancing import BALANCERS, Balancer
 from switchyard.targets.tunnels.settings import (
     DEFAULT_MAX_FORWARDS,

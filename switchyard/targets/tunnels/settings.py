@@ -25,9 +25,10 @@ from twisted.conch.ssh.keys import BadKeyError, EncryptedKeyError, Key
 
 from switchyard.endpoints import client_endpoint, split_host_port, tls_client_endpoint
 from switchyard.interfaces import OptionError
-from switchyard.matchers._names import compile_name_patterns, normalize_name
-from switchyard.options import Options, require_texts
+from switchyard.names import compile_name_patterns, normalize_name
+from switchyard.options import Options
 from switchyard.targets.backends.balancing import BALANCERS
+from switchyard.values import require_texts
 
 DEFAULT_LOGIN_TIMEOUT = 30.0
 DEFAULT_MAX_AUTH_TRIES = 6

@@ -1,44 +1,20 @@
-"""The sniffing engine's decisions, timers and log events, with fakes."""
+"""The connection (switchyard/connection.py): its states, decisions, timers,
+access rules and log events, driven with fakes."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 from twisted.internet.testing import MemoryReactorClock
 from twisted.trial import unittest
 
-from switchyard.config import Listener, Route
+from switchyard.config import Listener
+from switchyard.connection import TRANSITIONS, State
 from switchyard.interfaces import NEED_MORE, NO, Match, MatchResult
 from switchyard.listener import ListenerBooks
 from switchyard.networks import access_rule, parse_networks
-from tests.fakes import CapturedEvents, RecordingTarget, ScriptedMatcher, connect
+from tests.fakes import CapturedEvents, RecordingTarget, connect, make_listener, need, never
 from tests.openings import vector
-
-
-def need(n: int, facts: dict[str, Any] | None = None) -> Callable[[bytes], MatchResult]:
-    """Match once ``n`` bytes are there; NEED_MORE before."""
-    return lambda data: Match(facts or {}) if len(data) >= n else NEED_MORE
-
-
-def never(data: bytes) -> MatchResult:
-    return NO
-
-
-def make_listener(routes: list[tuple[str, Callable[[bytes], MatchResult], Any]],
-                  on_timeout: Any = None, **kw: Any) -> Listener:
-    compiled = tuple(Route(name=name, matcher=ScriptedMatcher(decide), match=name, target=t)
-                     for name, decide, t in routes)
-    timeout_route = None
-    if on_timeout is not None:
-        timeout_route = Route(name="on_timeout", matcher=ScriptedMatcher(never),
-                              match="on_timeout", target=on_timeout)
-    return Listener(name="test", listen="tcp:0", endpoint=None, routes=compiled,
-                    inspect_timeout=kw.get("inspect_timeout", 5.0),
-                    max_sniff_bytes=kw.get("max_sniff_bytes", 16384),
-                    on_timeout=timeout_route, idle_timeout=kw.get("idle_timeout", 60.0),
-                    accept_proxy=parse_networks("accept_proxy", kw["accept_proxy"])
-                    if "accept_proxy" in kw else ())
 
 
 class SniffOrderTests(unittest.TestCase):
@@ -194,6 +170,38 @@ class TimerTests(unittest.TestCase):
         proto.peer_lost(_done())
         self.assertEqual(self.log.events[0]["reason"], "idle_timeout")
 
+    def relaying(self, idle_timeout: float) -> tuple[Any, Any, Any]:
+        target = RecordingTarget()
+        listener = make_listener([("a", need(1), target)], idle_timeout=idle_timeout)
+        proto, transport = connect(ListenerBooks(listener, self.reactor))
+        proto.dataReceived(b"x")
+        self.assertEqual(proto.state, State.RELAYING)
+        self.assertEqual(proto.relay_kind, "twisted")
+        return proto, transport, target.peers[0]
+
+    def test_bytesFromThePeerAloneKeepTheRelayOpen(self) -> None:
+        """A download: only the server sends, and that is activity too."""
+        proto, transport, peer = self.relaying(idle_timeout=10)
+        for _ in range(10):  # 40 s of one-way traffic, every 4 s
+            self.reactor.pump([1.0] * 4)
+            proto.peer_data(b"d" * 100)
+        self.assertFalse(transport.disconnecting)
+        self.assertEqual(transport.value(), b"d" * 1000)
+        self.reactor.pump([1.0] * 11)  # then silence, longer than the timeout
+        self.assertTrue(transport.disconnecting)
+        self.assertTrue(peer.disconnecting)
+
+    def test_bytesFromTheClientAloneKeepTheRelayOpen(self) -> None:
+        """An upload: only the client sends."""
+        proto, transport, peer = self.relaying(idle_timeout=10)
+        for _ in range(10):
+            self.reactor.pump([1.0] * 4)
+            proto.dataReceived(b"u" * 100)
+        self.assertFalse(transport.disconnecting)
+        self.assertEqual(peer.value(), b"x" + b"u" * 1000)
+        self.reactor.pump([1.0] * 11)
+        self.assertTrue(transport.disconnecting)
+
 
 def _done() -> Any:
     from twisted.internet.error import ConnectionDone
@@ -297,7 +305,65 @@ class AccessRuleTests(unittest.TestCase):
         self.assertEqual(self.log.events[0]["reason"], "denied")
         self.assertIn("192.0.2.7", self.log.events[0]["detail"])
 
+    def assertDenied(self, proto: Any, transport: Any, target: RecordingTarget) -> None:
+        self.assertEqual(target.attached, [])
+        self.assertTrue(transport.disconnecting)
+        self.assertEqual(transport.value(), b"")
+        proto.connectionLost()
+        [event] = self.log.events
+        self.assertEqual((event["reason"], event["detail"], event["relay"]),
+                         ("denied", "client 192.0.2.7 is not allowed on route ssh", "-"))
+
+    def test_deniedNetworkIsClosedAndLogged(self) -> None:
+        proto, transport, target = self.switch(None, ["192.0.2.0/24"])
+        proto.dataReceived(b"x")
+        self.assertDenied(proto, transport, target)
+
+    def test_clientOutsideTheDenyListReachesTarget(self) -> None:
+        proto, transport, target = self.switch(None, ["192.0.2.8/32", "10.0.0.0/8"])
+        proto.dataReceived(b"x")
+        self.assertEqual(len(target.attached), 1)
+        self.assertFalse(transport.disconnecting)
+
     def test_denyWinsOverAllow(self) -> None:
         proto, transport, target = self.switch(["192.0.2.0/24"], ["192.0.2.7"])
         proto.dataReceived(b"x")
-        self.assertEqual(target.attached, [])
+        self.assertDenied(proto, transport, target)
+
+
+class StateTests(unittest.TestCase):
+    """Every step a connection takes is one TRANSITIONS allows."""
+
+    def test_everyStateButClosedCanEnd(self) -> None:
+        for state, following in TRANSITIONS.items():
+            if state in (State.CLOSING, State.CLOSED):
+                continue
+            self.assertIn(State.CLOSING, following, state)
+        self.assertEqual(TRANSITIONS[State.CLOSED], frozenset())
+
+    def test_aStepNotListedRaises(self) -> None:
+        listener = make_listener([("a", need(1), RecordingTarget())])
+        proto, _ = connect(ListenerBooks(listener, MemoryReactorClock()))
+        self.assertEqual(proto.state, State.SNIFFING)
+        with self.assertRaises(RuntimeError) as caught:
+            proto._enter(State.RELAYING)
+        self.assertEqual(str(caught.exception),
+                         "connection cannot go from sniffing to relaying")
+        self.assertEqual(proto.state, State.SNIFFING)
+
+    def test_pathOfARelayedConnection(self) -> None:
+        target = RecordingTarget()
+        listener = make_listener([("a", need(1), target)])
+        seen: list[State] = []
+        proto, _ = connect(ListenerBooks(listener, MemoryReactorClock()))
+        enter = proto._enter
+
+        def recording(state: State) -> None:
+            seen.append(state)
+            enter(state)
+
+        self.patch(proto, "_enter", recording)
+        proto.dataReceived(b"x")
+        proto.connectionLost()
+        proto.peer_lost(_done())
+        self.assertEqual(seen, [State.CONNECTING, State.RELAYING, State.CLOSING, State.CLOSED])

@@ -1,4 +1,4 @@
-"""Helpers shared by the built-in matchers: host name patterns, options, fact text."""
+"""Host name patterns (``example.com``, ``*.example.com``, ``~regex``) as compiled predicates."""
 
 from __future__ import annotations
 
@@ -6,13 +6,9 @@ import re
 from collections.abc import Callable, Sequence
 
 from switchyard.interfaces import MatcherConfigError
+from switchyard.values import require_texts
 
-# The option helpers live in switchyard.options; matchers import them from here.
-from switchyard.options import Options, require_texts
-from switchyard.wire.text import printable
-
-__all__ = ["NamePredicate", "Options", "compile_name_patterns", "normalize_name",
-           "printable", "require_texts"]
+__all__ = ["NamePredicate", "compile_name_patterns", "normalize_name"]
 
 NamePredicate = Callable[[str], bool]
 
