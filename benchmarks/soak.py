@@ -159,7 +159,8 @@ def parse_args(argv: Sequence[str]) -> Settings:
 ACCESS_LINE = re.compile(
     r"^\S+ (?P<client>\S+) (?P<listener>[^/ ]+)/(?P<route>\S+) -> (?P<server>\S+) "
     r"facts\[(?P<facts>[^\]]*)\] in=(?P<bytes_in>\d+) out=(?P<bytes_out>\d+) "
-    r"(?P<duration>[\d.]+)s close=(?P<reason>\w+)(?: \((?P<detail>.*)\))?$")
+    r"(?P<duration>[\d.]+)s (?:relay=(?P<relay>[\w-]+) )?close=(?P<reason>\w+)"
+    r"(?: \((?P<detail>.*)\))?$")
 TAG = re.compile(r"(?:^| )path=/soak/(\S+)")
 
 

@@ -24,8 +24,7 @@ from switchyard.targets.gateway.crypto import Kdf, Secret, derive, encrypt, encr
 from switchyard.targets.gateway.settings import compile_gateway
 from switchyard.targets.gateway.target import GatewayKind, GatewayTarget
 from switchyard.wire.proxy import read_header
-from tests.fakes import CapturedEvents
-from tests.test_backends import FakeEndpoint
+from tests.fakes import CapturedEvents, FakeEndpoint
 from tests.test_gateway_wire import README_LINE
 
 PASSPHRASE = b"a test secret, not a real one"
@@ -617,3 +616,27 @@ class RunningTests(unittest.TestCase):
             compile_config(raw, Clock())
         self.assertEqual(caught.exception.key, "gateway.games.allow")
         self.assertEqual(GatewayKind.section, "gateway")
+
+
+class MetricsTests(unittest.TestCase):
+    def test_repliesAreCountedInTheProcessRegistry(self) -> None:
+        from prometheus_client import generate_latest
+
+        from switchyard.app.service import Runtime
+        from switchyard.observe.metrics_export import Metrics
+
+        metrics = Metrics(process_collectors=False)
+        gw = Gateway(self)
+        gw.target.start(Runtime(gw.clock, metrics=metrics))
+        for _ in range(2):
+            gw.connect(line(b"10.0.0.5:22") + b"\n")  # outside allow: 401
+        gw.connect(b"U2FsdGVkX1" + b"A" * 70)  # no newline within the line limit: 400
+        text = generate_latest(metrics.registry).decode()
+        self.assertIn('switchyard_gateway_replies_total{gateway="games",reply="401"} 2.0', text)
+        self.assertIn('switchyard_gateway_replies_total{gateway="games",reply="400"} 1.0', text)
+        # A reload compiles a new target: it counts on in the same series.
+        again = Gateway(self)
+        again.target.start(Runtime(again.clock, metrics=metrics))
+        again.connect(line(b"10.0.0.5:22") + b"\n")
+        text = generate_latest(metrics.registry).decode()
+        self.assertIn('switchyard_gateway_replies_total{gateway="games",reply="401"} 3.0', text)

@@ -100,10 +100,17 @@ class SwitchService(service.MultiService):
 
     def hangup(self) -> None:
         if self.endpoints is not None:
-            log.info("switchyard: SIGHUP received: reopening the access log (the parent "
-                     "reloads the configuration)")
+            # A worker: its parent reloads by replacing workers. A SIGHUP sent
+            # to the worker itself re-reads what can be re-read in place.
+            log.info("switchyard: SIGHUP received by a worker: reopening the access log and "
+                     "re-reading the targets' files (the parent reloads the configuration)")
             if self.access_log is not None:
                 self.access_log.reopen()
+            for target in self.targets.targets:
+                try:
+                    target.hangup()
+                except Exception:
+                    log.failure("target {name}: SIGHUP handling failed", name=target.name)
             return
         log.info("switchyard: SIGHUP received: reloading {path}", path=self.config.path)
         self.reload()

@@ -224,8 +224,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     reactor.addSystemEventTrigger("before", "shutdown", top.stopService)
     os.set_blocking(0, False)
     reactor.addReader(_ParentWatch(reactor))
-    log.info("ready (pid {pid}): serving {listeners}", pid=os.getpid(),
-             listeners=", ".join(args.fds), switchyard_worker_ready=True)
+    # Ready once the reactor runs and the signal handlers are in place (they
+    # are installed after startup): a SIGTERM from then on is a graceful stop.
+    reactor.callWhenRunning(
+        lambda: log.info("ready (pid {pid}): serving {listeners}", pid=os.getpid(),
+                         listeners=", ".join(args.fds), switchyard_worker_ready=True))
     reactor.callWhenRunning(observer.batch, reactor)
     reactor.addSystemEventTrigger("after", "shutdown", observer.stop_batching)
     reactor.run()

@@ -48,7 +48,7 @@ _TIMEOUTS = (defer.TimeoutError, defer.CancelledError, error.TimeoutError,
 
 
 @implementer(IHalfCloseableProtocol)
-class _BackendProtocol(Protocol):
+class BackendProtocol(Protocol):
     """The backend side of a relay: everything it hears goes to the client."""
 
     def __init__(self, connection: IConnection, release: Callable[[], None]) -> None:
@@ -71,15 +71,17 @@ class _BackendProtocol(Protocol):
         self.connection.peer_lost(reason, "backend_tls_failed" if failed_tls else None)
 
 
-class _BackendFactory(Factory):
+class BackendFactory(Factory):
+    """Builds the backend side of a relay for one connection (any target that dials)."""
+
     noisy = False  # one per connection: the access log says it all
 
     def __init__(self, connection: IConnection, release: Callable[[], None]) -> None:
         self.connection = connection
         self.release = release
 
-    def buildProtocol(self, addr: Any) -> _BackendProtocol:
-        return _BackendProtocol(self.connection, self.release)
+    def buildProtocol(self, addr: Any) -> BackendProtocol:
+        return BackendProtocol(self.connection, self.release)
 
 
 def _client_key(address: Any) -> str:
@@ -140,7 +142,7 @@ class _Dispatch:
             return build_header(target.proxy_protocol, connection.client_address,
                                 connection.local_address, connection.facts)
 
-        def connected(protocol: _BackendProtocol) -> None:
+        def connected(protocol: BackendProtocol) -> None:
             connection.pending = None
             pool.connect_succeeded(server)
             # The switch writes the buffered opening after the prefix: only to
@@ -199,7 +201,7 @@ class _Dispatch:
                 connection.pending = attempt
             return
 
-        d = server.endpoint.connect(_BackendFactory(connection, release))
+        d = server.endpoint.connect(BackendFactory(connection, release))
         d.addTimeout(target.connect_timeout, target.reactor)
         connection.pending = d
         d.addCallbacks(connected, failed)

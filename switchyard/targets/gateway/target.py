@@ -49,7 +49,7 @@ from switchyard.interfaces import (
 from switchyard.matchers.gateway import MODE_FACT
 from switchyard.networks import client_ip
 from switchyard.relay.splice import DirectConnect, close_socket
-from switchyard.targets.backends.target import _BackendFactory, local_failure
+from switchyard.targets.backends.target import BackendFactory, local_failure
 from switchyard.targets.gateway.allow import IP
 from switchyard.targets.gateway.crypto import Address, Kdf, Keyring, decode_line
 from switchyard.targets.gateway.replies import FORWARDED_CLIENT_FIRST, Outcome, Reason, reply
@@ -181,6 +181,18 @@ class GatewayTarget:
         self.connect_deadlines = Deadlines(reactor, settings.timeout, DirectConnect.expired)
         self._local_failures = 0
         self._local_logged = -LOCAL_FAILURE_LOG_INTERVAL
+        self._replies: Any = None  # the metrics counter, when metrics are on
+        self._reply_counts: dict[str, Any] = {}
+
+    def count_reply(self, answer: bytes) -> None:
+        """One handshake ended with ``answer`` sent (b"": silent success)."""
+        if self._replies is None:
+            return
+        text = answer.decode("ascii", "replace") or "none"
+        child = self._reply_counts.get(text)
+        if child is None:
+            child = self._reply_counts[text] = self._replies.labels(self.name, text)
+        child.inc()
 
     def _in_reactor_pool(self, f: Callable[..., Any], *args: Any) -> defer.Deferred[Any]:
         return threads.deferToThreadPool(self.reactor, self.reactor.getThreadPool(), f, *args)
@@ -210,8 +222,14 @@ class GatewayTarget:
 
     # -- IRunningTarget ---------------------------------------------------
 
-    def start(self) -> None:
-        pass  # nothing runs between connections
+    def start(self, runtime: Any = None) -> None:
+        # Nothing runs between connections; the replies are counted.
+        metrics = getattr(runtime, "metrics", None)
+        if metrics is not None:
+            self._replies = metrics.counter(
+                "switchyard_gateway_replies_total",
+                "Gateway handshakes by the reply sent (none: frontd's silent success)",
+                ["gateway", "reply"])
 
     def stop(self) -> None:
         pass  # handshakes in progress keep their timeouts through the grace period
@@ -311,6 +329,7 @@ class _Handshake:
 
     def _close(self, why: str, outcome: Reason, detail: str) -> None:
         answer = reply(self.settings.dialect, outcome, self.mode)
+        self.target.count_reply(answer)
         self.connection.close(why, f"{detail}; replied {_said(answer)}", reply=answer)
 
     # -- decrypting ---------------------------------------------------------
@@ -445,7 +464,7 @@ class _Handshake:
             if attempt.done is not None:  # not decided at once
                 connection.pending = attempt
             return
-        d = target.endpoint_for(ip, port).connect(_BackendFactory(connection, _nothing))
+        d = target.endpoint_for(ip, port).connect(BackendFactory(connection, _nothing))
         d.addTimeout(self.settings.timeout, target.reactor)
         connection.pending = d
         d.addCallbacks(self._connected, self._failed)
@@ -460,6 +479,7 @@ class _Handshake:
 
     def _answer_success(self) -> None:
         answer = reply(self.settings.dialect, Outcome.CONNECTED, self.mode)
+        self.target.count_reply(answer)
         if answer:
             self.connection.send(answer)
 
