@@ -123,6 +123,34 @@ class DialTests(unittest.TestCase):
                       self.events.events[-1]["why"])
 
 
+class ReloadTests(unittest.TestCase):
+    def setUp(self) -> None:
+        self.reactor = MemoryReactorClock()
+        self.endpoint = RefusingEndpoint()
+
+    def test_sameServerAndKeyKeepsTheConnections(self) -> None:
+        old = agent_target(self, self.reactor, endpoint=self.endpoint)
+        old.start()
+        new = attr.evolve(old.settings, keepalive_interval=30.0)
+        target = AgentTarget("office", new, old.listener, self.reactor)
+        target.take_over(old)
+        self.assertIs(target.slots, old.slots)
+        self.assertIs(target.slots[0].target, target)
+        self.assertIs(target.books, old.books)
+        target.start()
+        self.assertEqual(self.endpoint.attempts, 1)  # not dialled again
+        self.successResultOf(old.stop())
+        self.assertEqual(len(self.reactor.getDelayedCalls()), 1)  # the retry still runs
+
+    def test_anotherServerDialsAfresh(self) -> None:
+        old = agent_target(self, self.reactor, endpoint=self.endpoint)
+        new = attr.evolve(old.settings, server="192.0.2.2:2222")
+        target = AgentTarget("office", new, old.listener, self.reactor)
+        target.take_over(old)
+        self.assertIsNot(target.slots, old.slots)
+        self.assertFalse(old.handed_over)
+
+
 def open_packet(kind: bytes, name: str = "srv-0.local", port: int = 80, sender: int = 7,
                 window: int = 1 << 16, max_packet: int = 1 << 15) -> bytes:
     return (common.NS(kind) + struct.pack(">3L", sender, window, max_packet)

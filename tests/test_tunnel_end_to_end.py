@@ -233,13 +233,29 @@ class Tunnels:
             self.keys[name] = _keygen(path)
         return path
 
+    def server_config(self, tunnel: str = "", keys: Sequence[str] | None = None) -> str:
+        """The tunnel server's config: ``keys`` (default: every key made but C{stranger})
+        are the tunnel's, ``tunnel`` is more of its table."""
+        names = [n for n in self.keys if n != "stranger"] if keys is None else keys
+        listed = ", ".join(f'"{self.keys[name]}"' for name in names)
+        return SERVER.format(host_key=self.host_key, keys=listed, tunnel=tunnel,
+                             certs=self.certs, site=self.nginx.ports["site"], **self.ports)
+
     def start(self, tunnel: str = "") -> Running:
         """Start twistd with the tunnel server config (``tunnel``: more [tunnel.office] keys)."""
-        keys = ", ".join(f'"{line}"' for name, line in self.keys.items() if name != "stranger")
-        self.config = SERVER.format(host_key=self.host_key, keys=keys, tunnel=tunnel,
-                                    certs=self.certs, site=self.nginx.ports["site"],
-                                    **self.ports)
+        self.config = self.server_config(tunnel)
         return self.restart()
+
+    def reload(self, running: Running, text: str) -> None:
+        """Rewrite ``running``'s config file and SIGHUP it; return once it applied it."""
+        path = running.process.args[running.process.args.index("--config") + 1]
+        with open(path + ".new", "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(path + ".new", path)
+        before = running.log_text().count("applied:")
+        os.kill(running.process.pid, signal.SIGHUP)
+        wait_for(lambda: running.log_text().count("applied:") > before, "the reload",
+                 self.details)
 
     def restart(self) -> Running:
         if self.switch is not None:
@@ -314,10 +330,11 @@ class Tunnels:
                       f'tls_ca = "{self.ca.cert_path}"')
         publish = f'"{HTTP_NAME}:{self.ports["http"]}", "{TLS_NAME}:{self.ports["tls"]}"'
         lan = free_port()
-        config = AGENT.format(server=server, host_public=self.host_public, key=self.key(key),
-                              publish=publish, extra=extra, web=self.nginx.ports["web"],
-                              web_tls=self.nginx.ports["web_tls"], lan=lan)
-        running = start_switchyard(self.testcase, config, lan)
+        self.agent_config = AGENT.format(
+            server=server, host_public=self.host_public, key=self.key(key), publish=publish,
+            extra=extra, web=self.nginx.ports["web"], web_tls=self.nginx.ports["web_tls"],
+            lan=lan)
+        running = start_switchyard(self.testcase, self.agent_config, lan)
         self.agents.append(running)
         return running
 
@@ -645,3 +662,55 @@ class BuiltInAgentTests(unittest.TestCase):
         wait_for(lambda: "not the server_key configured" in agent.log_text(),
                  "the agent to refuse the server", t.details)
         self.assertNotIn("logged in to", agent.log_text())
+
+
+class ReloadTests(unittest.TestCase):
+    """SIGHUP reloads the config: connected agents stay connected and get the new
+    configuration; a key taken out of a tunnel disconnects its agent."""
+
+    timeout = 180
+
+    def visit(self, port: int) -> bytes:
+        request = f"GET / HTTP/1.1\r\nHost: {HTTP_NAME}\r\n\r\n".encode()
+        with socket.create_connection((LOCALHOST, port), timeout=DEADLINE) as s:
+            s.sendall(request)
+            s.shutdown(socket.SHUT_WR)
+            return recv_all(s)[32:]
+
+    def test_agentsStayAndARemovedKeyIsDisconnected(self) -> None:
+        t = Tunnels(self)
+        t.key("gw-a")
+        t.key("gw-b")
+        switch = t.start()
+        services = {name: RecordingService(self, reply=name.encode()) for name in "AB"}
+        port = t.ports["http"]
+        agent_a = t.agent("gw-a", f"{HTTP_NAME}:{port}:{LOCALHOST}:{services['A'].port}")
+        agent_b = t.agent("gw-b", f"{HTTP_NAME}:{port}:{LOCALHOST}:{services['B'].port}")
+        t.wait_log(publishes(HTTP_NAME, port), 2)
+
+        t.reload(switch, t.server_config(keys=["gw-b"]))
+        self.assertEqual(t.wait_exit(agent_a), 255)  # told to go: its key was taken out
+        log = t.wait_log("its key is no longer one of tunnel office's keys")
+        self.assertEqual(log.count("connected (user"), 2)  # nobody logged in again
+        self.assertIsNone(agent_b.process.poll())
+        self.assertEqual([self.visit(port) for _ in range(4)], [b"B"] * 4)
+
+    def test_builtInAgentKeepsItsConnectionsAndTakesTheNewRoutes(self) -> None:
+        t = Tunnels(self)
+        t.key("gw")
+        t.start()
+        agent = t.builtin_agent("gw")
+        wait_for(lambda: agent.log_text().count("logged in to") >= 2, "the agent", t.details)
+        self.assertEqual(sha256(t.get("/big.bin")), sha256(t.big))
+
+        # srv-0.test now answered by a responder on the agent's side.
+        t.reload(agent, t.agent_config.replace('to = "web"\n', 'to = "gone"\n') + """
+[responder.gone]
+kind = "reject"
+status = 410
+""")
+        out = t.curl("/big.bin", "-o", "/dev/null", "-w", "%{http_code}")
+        self.assertEqual(out.stdout, b"410")
+        self.assertEqual(agent.log_text().count("logged in to"), 2)  # the same connections
+        wait_for(lambda: "agent:office/web -> gone" in agent.log_text(), "the 410's line",
+                 t.details)

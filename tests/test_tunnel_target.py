@@ -493,3 +493,21 @@ class RunningServerTests(unittest.TestCase):
         proto.dataReceived(b"SSH-2.0-OpenSSH_9.2\r\n")
         proto.connectionLost(Failure(error.ConnectionDone()))
         self.assertEqual(access.events[0]["reason"], "shutdown")
+
+    def test_reloadHandsTheAgentsToTheNewTarget(self) -> None:
+        spec = compile_tunnel("office", {"keys": [key_line()], "names": ["srv-0.local"]})
+        old_tunnel = TunnelTarget("office", spec, self.target)
+        self.target.add_tunnel(old_tunnel)
+        link = FakeLink()
+        registry = self.target.server.registry
+        agent = registry.connect_agent("office", link, "agent", spec.keys[0].blob())
+        registry.publish(agent, "srv-0.local", 80)
+        new = TunnelServerTarget("agents", compile_server_settings(
+            {"host_key": self.path, "open_timeout": 3}), self.reactor)
+        new.add_tunnel(TunnelTarget("office", spec, new))
+        new.take_over(self.target)
+        self.assertIs(new.server.registry, registry)  # the same live agents
+        self.assertEqual(registry.open_timeout, 3)
+        self.assertEqual(registry.tunnels["office"].agents, [agent])
+        self.successResultOf(self.target.stop())  # the old target lets them be
+        self.assertFalse(new.stopping)

@@ -420,6 +420,8 @@ class AgentTarget:
         self.reactor = reactor
         self.books = ListenerBooks(listener, reactor, label=f"agent:{name}")
         self.slots = [_Slot(self, i + 1) for i in range(settings.connections)]
+        self.adopted = False  # the slots came from the target this one replaced
+        self.handed_over = False  # a reload's new target runs our slots now
 
     def describe(self) -> list[str]:
         settings = self.settings
@@ -437,24 +439,43 @@ class AgentTarget:
         connection.close("not_routable", f"[agent.{self.name}] dials out to a tunnel server; "
                                          f"routes cannot send to it")
 
-    def use_access_log(self, sink: Any) -> None:
-        """Where the visitors' access lines go (see CORE_CHANGES.md, 4)."""
-        self.books.access_log = sink
-
     def serving(self) -> int:
         """How many of its connections are logged in and publishing."""
         return sum(1 for slot in self.slots if slot.link is not None)
 
     # -- IRunningTarget -----------------------------------------------------
 
-    def start(self) -> None:
+    def start(self, runtime: Any = None) -> None:
+        # The visitors' access lines go where the listeners' do.
+        self.books.reconfigure(self.listener, getattr(runtime, "access_log", None))
         for warning in self.settings.warnings:
             log.warn("agent {name}: {warning}", name=self.name, warning=warning)
+        if self.adopted:
+            return  # already connected, or dialling
         for slot in self.slots:
             slot.start()
 
+    def take_over(self, old: Any) -> None:
+        """A reload: if the agent still dials the same server with the same key and
+        publishes the same names, its connections stay up and new visitors take
+        the new routes (open ones keep theirs). Otherwise the old agent leaves
+        gracefully (L{stop}) and this one dials afresh."""
+        if (not isinstance(old, AgentTarget) or old.handed_over
+                or _dialling(old.settings) != _dialling(self.settings)):
+            return
+        self.slots = old.slots
+        for slot in self.slots:
+            slot.target = self
+            slot.settings = self.settings
+        self.books = old.books
+        old.handed_over = True
+        self.adopted = True
+
     def stop(self) -> defer.Deferred[None]:
-        """Withdraw the names, let open visitors finish (``grace_period``), say goodbye."""
+        """Withdraw the names, let open visitors finish (``grace_period``), say goodbye.
+        After a reload handed the connections over, nothing."""
+        if self.handed_over:
+            return defer.succeed(None)
         return defer.ensureDeferred(self._stop())
 
     async def _stop(self) -> None:
@@ -496,6 +517,13 @@ class AgentTarget:
                 slot.settings = self.settings
             log.info("agent {name}: key reloaded: now {fingerprint}", name=self.name,
                      fingerprint=fingerprint(key.public()))
+
+
+def _dialling(settings: AgentSettings) -> tuple[Any, ...]:
+    """What a connection was made with: a reload that changes any of it redials."""
+    return (settings.server, settings.tls_server_name,
+            frozenset(k.blob() for k in settings.server_keys), settings.key.blob(),
+            settings.user, settings.publish, settings.connections)
 
 
 @implementer(ITargetKind)

@@ -229,13 +229,17 @@ class TunnelChannel(SSHChannel):
         self.link.sendEOF(self)
 
     def loseConnection(self) -> None:
-        """End the channel once what is buffered is out (bounded by a timer)."""
+        """End the channel once what is buffered is out (bounded by a timer): its end
+        of stream, then the close, as a TCP connection's clean close is a FIN (a
+        close alone reads as a cut stream at the other end)."""
         self._ended_by_us = True
         if self.state == OPENING:
             self._cancel_open(self.opened)
             return
         if self.state == CLOSED:
             return
+        if not self.buf and not self._eof_sent and not self.localClosed:
+            self._send_eof()
         super().loseConnection()
         if self.buf and self._drain_call is None:
             self._drain_call = self.link.clock.callLater(CLOSE_DRAIN_TIMEOUT, self._drain_expired)

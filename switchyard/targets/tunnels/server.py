@@ -85,6 +85,7 @@ class AgentIdentity:
     tunnel: str
     fingerprint: str
     user: str
+    blob: bytes = b""  # the public key itself, for the registry
 
 
 @implementer(IAuthorizedKeysDB)
@@ -119,7 +120,8 @@ class TunnelKeyChecker:
         d = self._signatures.requestAvatarId(credentials)
         user = text(credentials.username or b"")
         key = describe_key(credentials.blob)
-        d.addCallback(lambda _: AgentIdentity(spec.name, key, user))
+        blob = credentials.blob
+        d.addCallback(lambda _: AgentIdentity(spec.name, key, user, blob))
         return d
 
 
@@ -221,7 +223,8 @@ class AgentConnection(TunnelLink):
         self.identity = identity
         self.description = f"{self.transport.peer_text} ({identity.fingerprint})"
         try:
-            self.agent = server.registry.connect_agent(identity.tunnel, self, self.description)
+            self.agent = server.registry.connect_agent(identity.tunnel, self, self.description,
+                                                       identity.blob)
         except TooManyAgents as e:
             log.warn("tunnel {tunnel}: agent {agent} refused: {why}", tunnel=identity.tunnel,
                      agent=self.description, why=str(e))
@@ -251,6 +254,12 @@ class AgentConnection(TunnelLink):
             log.info("tunnel {tunnel}: agent {agent} disconnected ({why}); it published {names}",
                      tunnel=self.identity.tunnel, agent=self.description,
                      why=self.transport.ended_by or "connection lost", names=names)
+
+    def drop(self, why: str) -> None:
+        """Disconnect the agent, saying why (a reload took its right to serve away)."""
+        log.warn("tunnel {tunnel}: agent {agent} disconnected: {why}",
+                 tunnel=self.identity.tunnel, agent=self.description, why=why)
+        self.transport.sendDisconnect(transport.DISCONNECT_BY_APPLICATION, why.encode("utf-8"))
 
     def keepalives_unanswered(self, count: int) -> None:
         log.warn("tunnel {tunnel}: agent {agent} answered none of {n} keepalives in "
@@ -423,6 +432,16 @@ class TunnelServer:
                      connection: Any) -> defer.Deferred[Any]:
         """See L{Registry.open_channel}."""
         return self.registry.open_channel(tunnel, name, port, origin, connection)
+
+    def reconfigure(self, settings: ServerSettings, tunnels: list[TunnelSpec]) -> None:
+        """A reload: new settings, host key and tunnels, for the agents connected
+        (which stay, unless their tunnel or key is gone) and those to come."""
+        self.replace_host_key(settings.host_key)
+        self.settings = self.factory.settings = settings
+        going = self.registry.reconfigure(tunnels, open_timeout=settings.open_timeout,
+                                          max_forwards_per_agent=settings.max_forwards_per_agent)
+        for agent, why in going:
+            agent.link.drop(why)
 
     def replace_host_key(self, host_key: Key) -> None:
         """A new host key for the connections that come next (SIGHUP)."""

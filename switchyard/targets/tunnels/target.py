@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import attr
 from twisted.internet import defer, error, task
 from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
@@ -233,13 +234,11 @@ class TunnelServerTarget:
     def __init__(self, name: str, settings: ServerSettings, reactor: Any) -> None:
         self.name = name
         self.reactor = reactor
+        self.settings = settings
         self.server = TunnelServer(settings, [], reactor)
         self.tunnels: list[TunnelTarget] = []
         self.stopping = False
-
-    @property
-    def settings(self) -> ServerSettings:
-        return self.server.settings
+        self.handed_over = False  # a reload's new target runs our server now
 
     def add_tunnel(self, tunnel: TunnelTarget) -> None:
         """A tunnel declared on this server; raises OptionError (C{keys}) on a key clash."""
@@ -265,14 +264,29 @@ class TunnelServerTarget:
 
     # -- IRunningTarget -----------------------------------------------------
 
-    def start(self) -> None:
+    def start(self, runtime: Any = None) -> None:
         self.stopping = False
         for warning in self.settings.warnings:
             log.warn("tunnel server {name}: {warning}", name=self.name, warning=warning)
 
+    def take_over(self, old: Any) -> None:
+        """A reload: the agents connected to the old target stay connected, and get
+        this configuration (settings, host key for new connections, tunnels). An
+        agent whose tunnel is gone or whose key is no longer listed is
+        disconnected; names a tunnel no longer owns are withdrawn."""
+        if not isinstance(old, TunnelServerTarget) or old.handed_over:
+            return
+        server = old.server
+        server.reconfigure(self.settings, [t.spec for t in self.tunnels])
+        old.handed_over = True
+        self.server = server
+
     def stop(self) -> defer.Deferred[None]:
         """Let visitors' channels finish (the listeners' grace period bounds them), then
-        say goodbye to every agent (they reconnect to the next instance)."""
+        say goodbye to every agent (they reconnect to the next instance). After a
+        reload handed the agents over, nothing."""
+        if self.handed_over:
+            return defer.succeed(None)
         self.stopping = True
         return self._stop()
 
@@ -292,7 +306,8 @@ class TunnelServerTarget:
             left.abort("server stopping")
 
     def hangup(self) -> None:
-        """Re-read the host key file (new connections use it)."""
+        """Re-read the host key file (new connections use it). (The application
+        reloads the whole config on SIGHUP, which reads it too.)"""
         settings = self.settings
         try:
             key, warning = load_private_key("host_key", settings.host_key_path, "host key",
@@ -305,6 +320,7 @@ class TunnelServerTarget:
             log.warn("tunnel server {name}: {warning}", name=self.name, warning=warning)
         if key == settings.host_key:
             return
+        self.settings = attr.evolve(settings, host_key=key)
         self.server.replace_host_key(key)
         log.info("tunnel server {name}: host key reloaded: now {fingerprint}", name=self.name,
                  fingerprint=fingerprint(key.public()))
