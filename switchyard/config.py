@@ -8,6 +8,7 @@ reads its own tables, so this module imports none of them.
 
 from __future__ import annotations
 
+import difflib
 import os
 import tomllib
 from collections.abc import Callable, Mapping
@@ -19,7 +20,7 @@ from twisted.internet.interfaces import IStreamServerEndpoint
 from twisted.plugin import getPlugins
 from zope.interface import implementer
 
-from switchyard.endpoints import server_endpoint
+from switchyard.endpoints import listen_address, server_endpoint
 from switchyard.interfaces import (
     NO,
     ICompileContext,
@@ -31,6 +32,7 @@ from switchyard.interfaces import (
 )
 from switchyard.networks import Network, access_rule, parse_networks
 from switchyard.observe.accesslog import AccessLogFile
+from switchyard.observe.samples import SAMPLE_KEYS, SampleStore
 from switchyard.options import Options
 
 DEFAULT_INSPECT_TIMEOUT = 5.0
@@ -80,6 +82,10 @@ class Listener:
     max_connections_per_client: int | None = None
     grace_period: float = DEFAULT_GRACE_PERIOD  # on SIGTERM: how long open ones may finish
     fast_path: bool = True  # splice(2) between plain sockets, where the system has it
+    # Told of every opening when sniffing ends (the connection calls
+    # openings.sniffed(connection, route, reason)): samples_dir's store, or
+    # explain --listen; None (the default) costs one attribute check.
+    openings: Any = None
 
 
 @attr.s(frozen=True, slots=True, auto_attribs=True)
@@ -205,14 +211,30 @@ def compile_config(
                           factories=factories, reactor=reactor, nested=False)
         for name, table in listeners_raw.items()
     )
+    _one_listener_per_address(listeners)
     return Config(path=path, listeners=listeners, targets=targets, access_log=access_log,
                   access_log_format=access_log_format, workers=workers, metrics=metrics,
                   metrics_endpoint=metrics_endpoint)
 
 
+def _one_listener_per_address(listeners: tuple[Listener, ...]) -> None:
+    """Two listeners cannot bind one address: say so now, not as a bind error."""
+    seen: list[tuple[str, Any]] = []
+    for listener in listeners:
+        address = listen_address(listener.listen)
+        if address is None:
+            continue
+        for name, other in seen:
+            if address.overlaps(other):
+                raise ConfigError(f"listener.{listener.name}.listen",
+                                  f"listener {name} already listens on {other}: one "
+                                  "address takes one listener (put both route tables in one)")
+        seen.append((listener.name, address))
+
+
 _NESTED_KEYS = ("route", "inspect_timeout", "max_sniff_bytes", "on_timeout", "idle_timeout")
 _LISTENER_KEYS = ("listen", "accept_proxy", "max_connections", "max_connections_per_client",
-                  "grace_period", "fast_path", *_NESTED_KEYS)
+                  "grace_period", "fast_path", *SAMPLE_KEYS, *_NESTED_KEYS)
 
 
 def _compile_listener(key: str, name: str, raw: Mapping[str, Any], *,
@@ -237,12 +259,13 @@ def _compile_listener(key: str, name: str, raw: Mapping[str, Any], *,
     if timeout_target is not None:
         on_timeout = Route(name="on_timeout", matcher=_NEVER, match="on_timeout",
                            target=_target(f"{key}.on_timeout", timeout_target, targets))
+    max_sniff_bytes = _within(key, lambda: options.integer(
+        "max_sniff_bytes", DEFAULT_MAX_SNIFF_BYTES, minimum=1, maximum=1 << 24))
     return Listener(
         name=name, listen=listen, endpoint=endpoint, routes=tuple(routes),
         inspect_timeout=_within(key, lambda: options.number(
             "inspect_timeout", DEFAULT_INSPECT_TIMEOUT)),
-        max_sniff_bytes=_within(key, lambda: options.integer(
-            "max_sniff_bytes", DEFAULT_MAX_SNIFF_BYTES, minimum=1, maximum=1 << 24)),
+        max_sniff_bytes=max_sniff_bytes,
         on_timeout=on_timeout,
         idle_timeout=_within(key, lambda: options.number("idle_timeout", DEFAULT_IDLE_TIMEOUT)),
         accept_proxy=_within(key, lambda: parse_networks("accept_proxy", raw["accept_proxy"]))
@@ -253,6 +276,8 @@ def _compile_listener(key: str, name: str, raw: Mapping[str, Any], *,
         grace_period=_within(key, lambda: options.number(
             "grace_period", DEFAULT_GRACE_PERIOD, exclusive=False)),
         fast_path=_within(key, lambda: options.flag("fast_path", True)),
+        openings=None if nested else _within(key, partial(SampleStore.compile, raw, name,
+                                                          reactor, max_sniff_bytes)),
     )
 
 
@@ -268,6 +293,15 @@ def _compile_route(key: str, raw: Any, targets: Mapping[str, ITarget],
         raise ConfigError(key, "a route must be a table")
     # The route's own keys; the rest are the matcher's, which checks them.
     options = Options({k: v for k, v in raw.items() if k in ROUTE_KEYS}, ROUTE_KEYS)
+    for required in ("match", "to"):
+        if required not in raw:
+            # A misspelt key would otherwise go to the matcher, and the error
+            # would name the key it replaced, not the one written.
+            typo = difflib.get_close_matches(required, [str(k) for k in raw
+                                                        if k not in ROUTE_KEYS], n=1)
+            if typo:
+                raise ConfigError(f"{key}.{typo[0]}", f"unknown key: did you mean "
+                                                      f"{required!r}? (a route needs one)")
     match = _within(key, lambda: options.text("match", required=True))
     assert match is not None
     factory = factories.get(match)

@@ -347,6 +347,8 @@ class Connection(Protocol):
             if not route.admits(host):
                 self.close("denied", f"client {host} is not allowed on route {route.name}")
                 return
+        if self.listener.openings is not None:  # samples_dir, explain --listen
+            self.listener.openings.sniffed(self, route, "")
         self._enter(CONNECTING)
         if route.total_timeout is not None:
             self._total_call = self.reactor.callLater(route.total_timeout, self._total_expired)
@@ -478,6 +480,8 @@ class Connection(Protocol):
         self._finish()
 
     def close(self, reason: str, detail: str = "", reply: bytes = b"") -> None:
+        if self.state is SNIFFING and self.listener.openings is not None:
+            self.listener.openings.sniffed(self, None, reason)
         self.relay_ended(reason, detail)
         if self.state in _ENDING:
             return

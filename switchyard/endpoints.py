@@ -7,6 +7,7 @@ import re
 import socket
 from typing import Any
 
+import attr
 from OpenSSL import SSL
 from twisted.internet import defer, ssl
 from twisted.internet.endpoints import (
@@ -44,6 +45,112 @@ def split_host_port(value: str) -> tuple[str, int] | None:
     return host, port
 
 
+def _split_description(description: str) -> tuple[str, list[str], dict[str, str]]:
+    """An endpoint string as Twisted reads it: the type, the positional
+    arguments and the ``key=value`` ones (``\\:`` escapes a colon)."""
+    parts, current, escaped = [], "", False
+    for char in description:
+        if escaped:
+            current, escaped = current + char, False
+        elif char == "\\":
+            escaped = True
+        elif char == ":":
+            parts.append(current)
+            current = ""
+        else:
+            current += char
+    parts.append(current)
+    args: list[str] = []
+    kwargs: dict[str, str] = {}
+    for part in parts[1:]:
+        name, equals, value = part.partition("=")
+        if equals:
+            kwargs[name] = value
+        else:
+            args.append(part)
+    return parts[0], args, kwargs
+
+
+# What each plain endpoint type takes, to name a mistake before Twisted
+# answers it with a Python error.
+_SERVER_PARAMETERS = {"tcp": ("port", "interface", "backlog"),
+                      "tcp6": ("port", "interface", "backlog")}
+_CLIENT_PARAMETERS = {"tcp": ("host", "port", "timeout", "bindAddress"),
+                      "tcp6": ("host", "port", "timeout", "bindAddress")}
+_PORT_PARAMETERS = {"tcp", "tcp6", "ssl", "tls"}
+
+
+def _check_description(description: str, client: bool) -> None:
+    """Raise ValueError naming the parameter of a tcp/tcp6/ssl endpoint
+    string that Twisted would refuse with a bare Python error."""
+    kind, args, kwargs = _split_description(description)
+    accepted = (_CLIENT_PARAMETERS if client else _SERVER_PARAMETERS).get(kind)
+    if accepted is not None:
+        for name in kwargs:
+            if name not in accepted:
+                raise ValueError(f"unknown parameter {name!r} ({kind} takes "
+                                 f"{', '.join(accepted)})")
+    if kind not in _PORT_PARAMETERS:
+        return
+    port = kwargs.get("port", args[1] if client and len(args) > 1 else
+                      args[0] if not client and args else None)
+    if port is not None:
+        if not port.isdigit():
+            raise ValueError(f"port {port!r} is not a number")
+        if int(port) > 65535:
+            raise ValueError(f"port {port} is out of range (0 to 65535)")
+    for name in ("backlog", "timeout"):
+        if name in kwargs and not kwargs[name].isdigit():
+            raise ValueError(f"{name} {kwargs[name]!r} is not a number")
+    interface = kwargs.get("interface")
+    if interface is not None and interface:
+        try:
+            ipaddress.ip_address(interface)
+        except ValueError:
+            raise ValueError(f"interface {interface!r} is not an IP address")
+
+
+def _looks_like_host(host: str) -> bool:
+    """A name or address meant as a host (not an endpoint type such as 'tcp')."""
+    return "." in host or ":" in host or host == "localhost"
+
+
+def _endpoint_problem(value: str, e: Exception, client: bool = False) -> str:
+    """A Twisted endpoint parser's exception, said in words."""
+    message = str(e)
+    unknown = re.search(r"Unknown endpoint type: '([^']*)'", message)
+    if unknown:
+        if ":" not in value:
+            return f"{value!r} has no port: write '{value}:PORT'"
+        host_port = _HOST_PORT.match(value)
+        if host_port and (client or _looks_like_host(host_port.group("host") or "::")):
+            return f"port {host_port.group('port')} is out of range (1 to 65535)"
+        known = ", ".join(sorted(_ENDPOINT_TYPES - {"tls"}))
+        return f"unknown endpoint type {unknown.group(1)!r} (known: {known}, and plugins')"
+    keyword = re.search(r"unexpected keyword argument '([^']*)'", message)
+    if keyword:
+        return f"unknown parameter {keyword.group(1)!r}"
+    if isinstance(e, OSError) and e.filename:
+        return f"cannot read {e.filename!r}: {e.strerror}"
+    if "key values mismatch" in message or "keys do not match" in message:
+        _, _, files = _split_description(value)
+        key, cert = files.get("privateKey"), files.get("certKey", files.get("privateKey"))
+        return (f"the private key {key!r} does not belong to the certificate {cert!r} (they "
+                "are not a pair)")
+    if isinstance(e, SSL.Error):
+        return "a key or certificate file cannot be used: " + (_openssl_reason(e) or message)
+    literal = re.search(r"invalid literal for int\(\) with base 10: ('[^']*')", message)
+    if literal:
+        return f"{literal.group(1)} is not a number"
+    return message or type(e).__name__
+
+
+def _openssl_reason(e: Exception) -> str:
+    """The reasons in an OpenSSL error's list, joined."""
+    found = e.args[0] if e.args and isinstance(e.args[0], list) else []
+    return ", ".join(str(item[2]) for item in found if isinstance(item, tuple) and len(item) > 2)
+
+
 def client_endpoint(key: str, value: Any, reactor: Any, timeout: float) -> IStreamClientEndpoint:
     """A server of a backend: ``host:port`` (any name, resolved at each
     connect, IPv4 and IPv6) or a Twisted client endpoint string."""
@@ -65,9 +172,11 @@ def client_endpoint(key: str, value: Any, reactor: Any, timeout: float) -> IStre
             return TCP4ClientEndpoint(reactor, host, port, timeout=timeout)
         return TCP6ClientEndpoint(reactor, host, port, timeout=timeout)
     try:
+        _check_description(value, client=True)
         return clientFromString(reactor, value)
     except Exception as e:
-        raise OptionError(key, f"bad endpoint {value!r}: {e}")
+        raise OptionError(key, f"bad endpoint {value!r}: "
+                               f"{_endpoint_problem(value, e, client=True)}")
 
 
 def ip_socket_address(value: str) -> tuple[int, tuple[str, int]] | None:
@@ -113,10 +222,71 @@ def server_endpoint(key: str, value: str, reactor: Any) -> IStreamServerEndpoint
     description = server_endpoint_string(value)
     if description.startswith("systemd:"):
         return SystemdEndpoint.parse(key, description, reactor)
+    host_port = _HOST_PORT.match(value)
+    host = host_port and (host_port.group("v6") or host_port.group("host") or "")
+    if host_port and description == value and host and _looks_like_host(host):
+        # The short form with a host name or a port out of range.
+        port = int(host_port.group("port"))
+        if not 0 < port < 65536:
+            raise OptionError(key, f"bad listen endpoint {value!r}: port {port} is out of "
+                                   "range (1 to 65535)")
+        raise OptionError(key, f"bad listen endpoint {value!r}: {host!r} is not an IP "
+                               f"address (listen on an address, e.g. '127.0.0.1:{port}' or "
+                               f"'[::]:{port}', or on every one: '{port}')")
     try:
+        _check_description(description, client=False)
         return serverFromString(reactor, description)
     except Exception as e:
-        raise OptionError(key, f"bad listen endpoint {description!r}: {e}")
+        raise OptionError(key, f"bad listen endpoint {description!r}: "
+                               f"{_endpoint_problem(value, e)}")
+
+
+@attr.s(frozen=True, slots=True, auto_attribs=True)
+class ListenAddress:
+    """Where a listen string binds, as far as the string says: for telling
+    two listeners on one address apart, and for explain's local address."""
+
+    kind: str  # "tcp" (tcp, tcp6, ssl), "unix", "systemd" or the endpoint type
+    host: str  # an IP address ("" for every IPv4 address, "::" for every one), a path, a name
+    port: int = 0
+
+    def overlaps(self, other: ListenAddress) -> bool:
+        """Whether both cannot listen at once."""
+        if self.kind != other.kind:
+            return False
+        if self.kind != "tcp":
+            return self.host == other.host and self.port == other.port
+        if self.port == 0 or self.port != other.port:
+            return False  # port 0: each gets a port of its own
+        # The IPv6 wildcard takes IPv4 too (Linux's default dual stack).
+        wildcards = {"", "0.0.0.0", "::"}
+        if self.host in wildcards or other.host in wildcards:
+            v6 = ":" in self.host or ":" in other.host
+            return not v6 or "::" in (self.host, other.host) or self.host == other.host
+        return ipaddress.ip_address(self.host) == ipaddress.ip_address(other.host)
+
+    def __str__(self) -> str:
+        if self.kind != "tcp":
+            return self.host
+        host = self.host or "0.0.0.0"
+        return f"[{host}]:{self.port}" if ":" in host else f"{host}:{self.port}"
+
+
+def listen_address(value: str) -> ListenAddress | None:
+    """The address a (valid) listen string binds, or None if it cannot be told."""
+    description = server_endpoint_string(value)
+    kind, args, kwargs = _split_description(description)
+    if kind in ("tcp", "tcp6", "ssl"):
+        port = kwargs.get("port", args[0] if args else "")
+        if not port.isdigit():
+            return None
+        default = "::" if kind == "tcp6" else ""
+        return ListenAddress("tcp", kwargs.get("interface", default) or default, int(port))
+    if kind == "unix":
+        return ListenAddress("unix", kwargs.get("address", args[0] if args else ""))
+    if kind == "systemd":
+        return ListenAddress("systemd", description)
+    return None
 
 
 @implementer(IStreamServerEndpoint)

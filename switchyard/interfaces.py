@@ -73,6 +73,26 @@ class IMatcher(Interface):
         """
 
 
+class IExplainingMatcher(IMatcher):
+    """
+    A matcher that can also say, in words, why it answers what it answers.
+
+    Optional: C{switchyard explain} and C{twistd switchyard --explain} ask a
+    matcher providing it for a reason beside each verdict; a matcher without
+    it still works, and gets a reason made from its verdict alone. The
+    switch itself never calls C{explain}: C{match} stays the only hot path.
+    """
+
+    def explain(data: bytes, facts: Mapping[str, Any]) -> str:
+        """
+        Why L{IMatcher.match} answers what it does for these bytes, in a
+        few words an operator reads after the verdict, e.g. C{"SNI 'c.test'
+        is not one of a.test, b.test"} or C{"request line incomplete after
+        14 bytes"}. Called only after C{match(data, facts)}, with the same
+        arguments; must not raise (if it does, the default reason is used).
+        """
+
+
 class IMatcherFactory(IPlugin):
     """
     A matcher plugin: drop a module providing one into any installed

@@ -247,7 +247,7 @@ class OneProcessTests(MetricsDaemonCase):
             done = run_twistd("-n", "--pidfile=", "switchyard", "--config",
                               write_config(self, text))
         self.assertNotEqual(done.returncode, 0)
-        self.assertIn(f"Couldn't listen on 127.0.0.1:{port}", done.stdout + done.stderr)
+        self.assertIn(f"listen on 127.0.0.1:{port}", done.stdout + done.stderr)
 
 
 def privileged_free_port() -> int:

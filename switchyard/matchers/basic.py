@@ -12,12 +12,13 @@ from zope.interface import implementer
 from switchyard.interfaces import (
     NEED_MORE,
     NO,
-    IMatcher,
+    IExplainingMatcher,
     IMatcherFactory,
     Match,
     MatcherConfigError,
     MatchResult,
 )
+from switchyard.matchers.reasons import quote
 from switchyard.options import Options
 from switchyard.wire.text import printable
 
@@ -27,12 +28,15 @@ MAX_FACT_LENGTH = 64
 MAX_MIN_LENGTH = 1024 * 1024
 
 
-@implementer(IMatcher)
+@implementer(IExplainingMatcher)
 class AnyMatcher:
     """Matches every opening, even an empty one: the catch-all route."""
 
     def match(self, data: bytes, facts: Mapping[str, Any]) -> MatchResult:
         return Match(facts={})
+
+    def explain(self, data: bytes, facts: Mapping[str, Any]) -> str:
+        return "the catch-all: it takes every opening"
 
 
 @implementer(IMatcherFactory)
@@ -47,7 +51,7 @@ class AnyMatcherFactory:
         return AnyMatcher()
 
 
-@implementer(IMatcher)
+@implementer(IExplainingMatcher)
 @attr.s(frozen=True, slots=True, auto_attribs=True)
 class RegexMatcher:
     """
@@ -66,6 +70,16 @@ class RegexMatcher:
             return NO
         # Cut before escaping so the limit counts bytes of the opening.
         return Match(facts={"regex": printable(found.group(0)[:MAX_FACT_LENGTH])})
+
+    def explain(self, data: bytes, facts: Mapping[str, Any]) -> str:
+        pattern = quote(printable(self.pattern.pattern))
+        if len(data) < self.min_length:
+            return f"{len(data)} bytes so far, min_length is {self.min_length}"
+        found = self.pattern.search(data)
+        if found is None:
+            return f"pattern {pattern} is not in the {len(data)} bytes"
+        return f"pattern {pattern} found at byte {found.start()}: " + quote(
+            printable(found.group(0)))
 
 
 @implementer(IMatcherFactory)

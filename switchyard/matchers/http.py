@@ -22,18 +22,19 @@ from zope.interface import implementer
 from switchyard.interfaces import (
     NEED_MORE,
     NO,
-    IMatcher,
+    IExplainingMatcher,
     IMatcherFactory,
     Match,
     MatcherConfigError,
     MatchResult,
 )
+from switchyard.matchers.reasons import name_refused, one_of, preview, quote, request_problem
 from switchyard.names import NamePredicate
 from switchyard.options import Options
 from switchyard.wire.http import H2_PREFACE, MAX_METHOD, TCHAR, RequestHead, parse_request_head
 
 
-@implementer(IMatcher)
+@implementer(IExplainingMatcher)
 @attr.s(frozen=True, slots=True, auto_attribs=True)
 class HTTPMatcher:
     """A compiled C{http} route condition."""
@@ -41,6 +42,7 @@ class HTTPMatcher:
     host: NamePredicate | None = None
     paths: tuple[str, ...] | None = None
     methods: frozenset[str] | None = None
+    host_patterns: tuple[str, ...] = attr.ib(default=(), eq=False)  # as written, for reasons
 
     def match(self, data: bytes, facts: Mapping[str, Any]) -> MatchResult:
         head = parse_request_head(data)
@@ -62,6 +64,28 @@ class HTTPMatcher:
         if host is not None:
             found["host"] = host
         return Match(facts=found)
+
+    def explain(self, data: bytes, facts: Mapping[str, Any]) -> str:
+        head = parse_request_head(data)
+        if not isinstance(head, RequestHead):
+            return request_problem(data, head)
+        line = quote(f"{head.method} {head.target} HTTP/{head.version}")
+        if self.methods is not None and head.method not in self.methods:
+            return f"method {head.method!r} is not one of {one_of(sorted(self.methods))}"
+        if self.paths is not None and not head.path.startswith(self.paths):
+            if len(self.paths) == 1:
+                return f"path {quote(head.path)} does not start with {self.paths[0]}"
+            return f"path {quote(head.path)} starts with none of {one_of(self.paths)}"
+        if self.host is not None:
+            if not head.header_complete:
+                return (f"header block incomplete after {len(data)} bytes (the host condition "
+                        "waits for its end)")
+            host = head.host
+            if host is None or not self.host(host):
+                return name_refused("Host", host, self.host_patterns) + (
+                    " (it is missing, repeated or malformed)" if host is None else "")
+        host = head.host if head.header_complete else None
+        return f"request {line}" + (f", Host {host!r}" if host is not None else "")
 
 
 @implementer(IMatcherFactory)
@@ -88,12 +112,13 @@ class HTTPMatcherFactory:
                 )
         return HTTPMatcher(
             host=opts.names("host"),
+            host_patterns=opts.texts("host") or (),
             paths=paths,
             methods=frozenset(methods) if methods is not None else None,
         )
 
 
-@implementer(IMatcher)
+@implementer(IExplainingMatcher)
 class H2CMatcher:
     """Matches the HTTP/2 prior-knowledge connection preface."""
 
@@ -103,6 +128,13 @@ class H2CMatcher:
         if H2_PREFACE.startswith(data):
             return NEED_MORE
         return NO
+
+    def explain(self, data: bytes, facts: Mapping[str, Any]) -> str:
+        if data.startswith(H2_PREFACE):
+            return "the HTTP/2 prior-knowledge preface"
+        if H2_PREFACE.startswith(data):
+            return f"{len(data)} of the {len(H2_PREFACE)} bytes of the HTTP/2 preface so far"
+        return f"not the HTTP/2 preface 'PRI * HTTP/2.0...': starts with {preview(data)}"
 
 
 @implementer(IMatcherFactory)

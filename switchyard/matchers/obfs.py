@@ -25,8 +25,14 @@ from typing import Any
 import attr
 from zope.interface import implementer
 
-from switchyard.interfaces import NO, IMatcher, IMatcherFactory, Match, MatchResult
-from switchyard.matchers.websocket import match_host, upgrade_request
+from switchyard.interfaces import NO, IExplainingMatcher, IMatcherFactory, Match, MatchResult
+from switchyard.matchers.reasons import hello_problem, name_refused, quote
+from switchyard.matchers.websocket import (
+    host_problem,
+    match_host,
+    upgrade_problem,
+    upgrade_request,
+)
 from switchyard.names import NamePredicate
 from switchyard.options import Options
 from switchyard.wire.http import RequestHead, has_body
@@ -40,12 +46,13 @@ OBFS_CIPHER_SUITES = 28
 OBFS_COMPRESSION_METHODS = 1
 
 
-@implementer(IMatcher)
+@implementer(IExplainingMatcher)
 @attr.s(frozen=True, slots=True, auto_attribs=True)
 class ObfsHTTPMatcher:
     """A compiled C{obfs-http} route condition."""
 
     host: NamePredicate | None = None
+    host_patterns: tuple[str, ...] = attr.ib(default=(), eq=False)  # as written, for reasons
 
     def match(self, data: bytes, facts: Mapping[str, Any]) -> MatchResult:
         head = upgrade_request(data)
@@ -61,6 +68,21 @@ class ObfsHTTPMatcher:
             return NO
         return match_host(head, self.host, {"path": head.path, "obfs": signs})
 
+    def explain(self, data: bytes, facts: Mapping[str, Any]) -> str:
+        head = upgrade_problem(data)
+        if not isinstance(head, RequestHead):
+            return head
+        body, version = has_body(head), head.header("sec-websocket-version")
+        if not body and version:
+            return (f"a genuine WebSocket upgrade (version {quote(version)}, no body): "
+                    "not simple-obfs")
+        problem = host_problem(head, self.host, self.host_patterns)
+        if problem is not None:
+            return problem
+        signs = [*(["a body"] if body else []), *([] if version else ["no version"])]
+        host = f", Host {head.host!r}" if head.host is not None else ""
+        return f"simple-obfs's WebSocket imitation: {' and '.join(signs)}{host}"
+
 
 @implementer(IMatcherFactory)
 class ObfsHTTPMatcherFactory:
@@ -71,15 +93,16 @@ class ObfsHTTPMatcherFactory:
 
     def build(self, options: Mapping[str, Any]) -> ObfsHTTPMatcher:
         opts = Options(options, ("host",))
-        return ObfsHTTPMatcher(host=opts.names("host"))
+        return ObfsHTTPMatcher(host=opts.names("host"), host_patterns=opts.texts("host") or ())
 
 
-@implementer(IMatcher)
+@implementer(IExplainingMatcher)
 @attr.s(frozen=True, slots=True, auto_attribs=True)
 class ObfsTLSMatcher:
     """A compiled C{obfs-tls} route condition."""
 
     sni: NamePredicate | None = None
+    sni_patterns: tuple[str, ...] = attr.ib(default=(), eq=False)  # as written, for reasons
 
     def match(self, data: bytes, facts: Mapping[str, Any]) -> MatchResult:
         hello = parse_client_hello(data)
@@ -97,6 +120,33 @@ class ObfsTLSMatcher:
             return NO
         return Match(facts={"sni": hello.sni, "ticket_length": len(ticket)})
 
+    def explain(self, data: bytes, facts: Mapping[str, Any]) -> str:
+        hello = parse_client_hello(data)
+        if not isinstance(hello, ClientHello):
+            return hello_problem(data, hello)
+        template = "not simple-obfs's fixed ClientHello: "
+        if len(hello.session_id) != OBFS_SESSION_ID_LENGTH:
+            return template + (f"a session id of {len(hello.session_id)} bytes "
+                               f"(it sends {OBFS_SESSION_ID_LENGTH})")
+        if len(hello.cipher_suites) != OBFS_CIPHER_SUITES:
+            return template + (f"{len(hello.cipher_suites)} cipher suites "
+                               f"(it sends {OBFS_CIPHER_SUITES})")
+        if len(hello.compression_methods) != OBFS_COMPRESSION_METHODS:
+            return template + (f"{len(hello.compression_methods)} compression methods "
+                               f"(it sends {OBFS_COMPRESSION_METHODS})")
+        if not hello.extensions:
+            return template + "no extensions (it leads with a session ticket)"
+        first_type, ticket = hello.extensions[0]
+        if first_type != EXT_SESSION_TICKET:
+            return template + (f"the first extension is 0x{first_type:04x}, not the session "
+                               "ticket (0x0023)")
+        if not ticket:
+            return template + "its leading session ticket is empty"
+        name = f"SNI {hello.sni!r}" if hello.sni is not None else "no SNI"
+        if self.sni is not None and (hello.sni is None or not self.sni(hello.sni)):
+            return name_refused("SNI", hello.sni, self.sni_patterns)
+        return f"simple-obfs's fixed ClientHello, a session ticket of {len(ticket)} bytes, {name}"
+
 
 @implementer(IMatcherFactory)
 class ObfsTLSMatcherFactory:
@@ -107,4 +157,4 @@ class ObfsTLSMatcherFactory:
 
     def build(self, options: Mapping[str, Any]) -> ObfsTLSMatcher:
         opts = Options(options, ("sni",))
-        return ObfsTLSMatcher(sni=opts.names("sni"))
+        return ObfsTLSMatcher(sni=opts.names("sni"), sni_patterns=opts.texts("sni") or ())

@@ -9,7 +9,7 @@ from typing import Any
 import attr
 from zope.interface import implementer
 
-from switchyard.interfaces import IMatcher, IMatcherFactory, MatchResult
+from switchyard.interfaces import IExplainingMatcher, IMatcher, IMatcherFactory, MatchResult
 from switchyard.options import Options
 
 Option = Callable[[Options, str], Any]
@@ -61,6 +61,15 @@ class _FunctionMatcher:
     match: Callable[[bytes, Mapping[str, Any]], MatchResult] = attr.ib()
 
 
+@implementer(IExplainingMatcher)
+@attr.s(frozen=True, slots=True)
+class _ExplainingFunctionMatcher:
+    """The same, with the plugin's reason function (see L{simple_matcher})."""
+
+    match: Callable[[bytes, Mapping[str, Any]], MatchResult] = attr.ib()
+    explain: Callable[[bytes, Mapping[str, Any]], str] = attr.ib()
+
+
 @implementer(IMatcherFactory)
 @attr.s(frozen=True, slots=True)
 class _FunctionMatcherFactory:
@@ -68,15 +77,20 @@ class _FunctionMatcherFactory:
     description: str = attr.ib()
     function: Callable[..., MatchResult] = attr.ib()
     options: Mapping[str, Option] = attr.ib()
+    reason: Callable[..., str] | None = attr.ib(default=None)
 
     def build(self, options: Mapping[str, Any]) -> IMatcher:
         opts = Options(options, tuple(self.options))
         values = {key: read(opts, key) for key, read in self.options.items()}
+        if self.reason is not None:
+            return _ExplainingFunctionMatcher(partial(self.function, **values),
+                                              partial(self.reason, **values))
         return _FunctionMatcher(partial(self.function, **values))
 
 
 def simple_matcher(name: str, function: Callable[..., MatchResult], *, description: str = "",
-                   options: Mapping[str, Option] | None = None) -> IMatcherFactory:
+                   options: Mapping[str, Option] | None = None,
+                   reason: Callable[..., str] | None = None) -> IMatcherFactory:
     """
     A matcher plugin from a function: ``function(data, facts, **options)``
     returns L{Match}, L{NO} or L{NEED_MORE} (and never raises). ``options``
@@ -84,6 +98,12 @@ def simple_matcher(name: str, function: Callable[..., MatchResult], *, descripti
     L{texts}, L{names}, L{integer}, L{number}, L{choice}); unknown keys and
     bad values are config errors naming the key, as for the built-ins.
 
+    ``reason(data, facts, **options)``, if given, says in words why
+    ``function`` answers what it does (L{IExplainingMatcher.explain}: what
+    C{switchyard explain} prints beside the verdict). Without it the
+    explanation gives the verdict alone.
+
     Bind the result to a module-level name in a ``twisted/plugins/`` file.
     """
-    return _FunctionMatcherFactory(name, description or name, function, dict(options or {}))
+    return _FunctionMatcherFactory(name, description or name, function, dict(options or {}),
+                                   reason)

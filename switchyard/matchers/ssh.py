@@ -18,7 +18,15 @@ from typing import Any
 
 from zope.interface import implementer
 
-from switchyard.interfaces import NEED_MORE, NO, IMatcher, IMatcherFactory, Match, MatchResult
+from switchyard.interfaces import (
+    NEED_MORE,
+    NO,
+    IExplainingMatcher,
+    IMatcherFactory,
+    Match,
+    MatchResult,
+)
+from switchyard.matchers.reasons import preview, quote
 from switchyard.options import Options
 from switchyard.wire.text import printable
 
@@ -26,7 +34,7 @@ SSH_PREFIX = b"SSH-"
 MAX_IDENTIFICATION = 255
 
 
-@implementer(IMatcher)
+@implementer(IExplainingMatcher)
 class SSHMatcher:
     """Matches an SSH client's identification line."""
 
@@ -43,6 +51,17 @@ class SSHMatcher:
         # The RFC wants CR LF but allows a bare LF from old software.
         banner = printable(line.removesuffix(b"\r"))
         return Match(facts={"banner": banner})
+
+    def explain(self, data: bytes, facts: Mapping[str, Any]) -> str:
+        result = self.match(data, facts)
+        if isinstance(result, Match):
+            return f"identification line {quote(result.facts['banner'])}"
+        if result is NO:
+            return f"does not start with 'SSH-': starts with {preview(data)}"
+        if not data.startswith(SSH_PREFIX):
+            return f"{preview(data)} may still become 'SSH-'"
+        return (f"identification line incomplete: no line end in {len(data)} bytes (waiting "
+                f"for one, or for {MAX_IDENTIFICATION} bytes)")
 
 
 @implementer(IMatcherFactory)

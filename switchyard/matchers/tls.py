@@ -11,18 +11,19 @@ from zope.interface import implementer
 
 from switchyard.interfaces import (
     NO,
-    IMatcher,
+    IExplainingMatcher,
     IMatcherFactory,
     Match,
     MatcherConfigError,
     MatchResult,
 )
+from switchyard.matchers.reasons import hello_problem, name_refused, one_of
 from switchyard.names import NamePredicate
 from switchyard.options import Options
 from switchyard.wire.tls import VERSIONS, ClientHello, parse_client_hello, version_name
 
 
-@implementer(IMatcher)
+@implementer(IExplainingMatcher)
 @attr.s(frozen=True, slots=True, auto_attribs=True)
 class TLSMatcher:
     """A compiled C{tls} route condition."""
@@ -31,6 +32,7 @@ class TLSMatcher:
     no_sni: bool = False
     alpn: frozenset[str] | None = None
     min_version: int = 0
+    sni_patterns: tuple[str, ...] = attr.ib(default=(), eq=False)  # as written, for reasons
 
     def match(self, data: bytes, facts: Mapping[str, Any]) -> MatchResult:
         hello = parse_client_hello(data)
@@ -50,6 +52,28 @@ class TLSMatcher:
         if hello.alpn:
             found["alpn"] = list(hello.alpn)
         return Match(facts=found)
+
+    def explain(self, data: bytes, facts: Mapping[str, Any]) -> str:
+        hello = parse_client_hello(data)
+        if not isinstance(hello, ClientHello):
+            return hello_problem(data, hello)
+        sni, version = hello.sni, version_name(hello.highest_version)
+        if not self._name_ok(sni):
+            if sni is not None and self.sni is None:
+                return f"SNI {sni!r}, and the route takes only hellos without one (no_sni)"
+            return name_refused("SNI", sni, self.sni_patterns) + (
+                " (no_sni is not set)" if sni is None else "")
+        offered = "ALPN " + one_of(hello.alpn) if hello.alpn else "no ALPN"
+        if self.alpn is not None and self.alpn.isdisjoint(hello.alpn):
+            return f"{offered} offered, the route wants {one_of(sorted(self.alpn))}"
+        if hello.highest_version < self.min_version:
+            return f"TLS {version} is below min_version {version_name(self.min_version)}"
+        if sni is None:
+            name = "no SNI" + (" (no_sni)" if self.sni is not None else "")
+        else:
+            name = f"SNI {sni!r}" + (f" (the route takes {one_of(self.sni_patterns)})"
+                                     if self.sni is not None else "")
+        return f"ClientHello with {name}, TLS {version}, {offered}"
 
     def _name_ok(self, sni: str | None) -> bool:
         if sni is None:
@@ -84,6 +108,7 @@ class TLSMatcherFactory:
             )
         return TLSMatcher(
             sni=opts.names("sni"),
+            sni_patterns=opts.texts("sni") or (),
             no_sni=opts.flag("no_sni"),
             alpn=frozenset(alpn) if alpn is not None else None,
             min_version=VERSIONS[min_version] if min_version else 0,
