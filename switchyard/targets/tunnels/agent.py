@@ -412,6 +412,7 @@ class AgentTarget:
     """``[agent.NAME]``: the agent's connections, and the route table its visitors take."""
 
     single_process = "each worker would dial its own connections"
+    standalone = True  # its work needs no listener: a host may run agents only
 
     def __init__(self, name: str, settings: AgentSettings, listener: Any, reactor: Any) -> None:
         self.name = name
