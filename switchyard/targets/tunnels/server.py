@@ -66,7 +66,7 @@ def describe_key(blob: bytes) -> str:
         return "an unreadable key"
 
 
-def _forward(data: bytes) -> tuple[str, int] | None:
+def forward_request(data: bytes) -> tuple[str, int] | None:
     """The (address, port) of a ``tcpip-forward`` request, or None if malformed."""
     try:
         address, port = forwarding.unpackGlobal_tcpip_forward(data)
@@ -271,7 +271,7 @@ class AgentConnection(TunnelLink):
 
     def publish(self, data: bytes) -> Any:
         """A ``tcpip-forward``: 1 (or 1 and the port, for port 0) if allowed, else 0."""
-        forward = _forward(data)
+        forward = forward_request(data)
         if forward is None:
             self.refused("a tcpip-forward that is not UTF-8 text and a port")
             return 0
@@ -293,7 +293,7 @@ class AgentConnection(TunnelLink):
         return 1, struct.pack(">L", reply_port)
 
     def unpublish(self, data: bytes) -> Any:
-        forward = _forward(data)
+        forward = forward_request(data)
         if forward is None or self.agent is None:
             return 0
         address, port = forward
