@@ -86,6 +86,7 @@ class Settings:
     fd_limit: int
     seed: int
     keep: bool
+    results: Path
     workdir: Path
     twistd: str
     python: str
@@ -118,6 +119,8 @@ def parse_args(argv: Sequence[str]) -> Settings:
                    help="switchyard's soft descriptor limit in the fd phase "
                         "(default 4096, quick 1024)")
     p.add_argument("--seed", type=int, default=None, help="random seed (default: time)")
+    p.add_argument("--results", default=str(RESULTS),
+                   help="folder for the dated results (default benchmarks/results)")
     p.add_argument("--keep", action="store_true",
                    help="keep the work folder (configs, access logs, every process's log)")
     a = p.parse_args(argv)
@@ -148,6 +151,7 @@ def parse_args(argv: Sequence[str]) -> Settings:
         fd_limit=a.fd_limit or (1024 if quick else 4096),
         seed=a.seed if a.seed is not None else int(time.time()),
         keep=a.keep,
+        results=Path(a.results),
         workdir=Path(tempfile.mkdtemp(prefix="switchyard-soak-")),
         twistd=str(twistd),
         python=str(REPO / ".venv" / "bin" / "python"),
@@ -1212,18 +1216,19 @@ def main(argv: Sequence[str]) -> int:
         return 130
     report["elapsed_s"] = round(time.monotonic() - t0, 1)
     text = markdown(s, argv, started, report)
-    RESULTS.mkdir(exist_ok=True)
+    results = s.results
+    results.mkdir(parents=True, exist_ok=True)
     stem = f"{started:%Y-%m-%dT%H%M%S}-soak{'-quick' if s.quick else ''}"
-    (RESULTS / f"{stem}.md").write_text(text)
+    (results / f"{stem}.md").write_text(text)
     settings = {k: v for k, v in dataclasses.asdict(s).items()
-                if k not in ("workdir", "twistd", "python")}
-    (RESULTS / f"{stem}.json").write_text(json.dumps(
+                if k not in ("workdir", "twistd", "python", "results")}
+    (results / f"{stem}.json").write_text(json.dumps(
         {"started": started.isoformat(timespec="seconds"), "command": ["benchmarks/soak", *argv],
          "settings": settings, "verdicts": verdicts(s, report), **report},
         indent=2, default=str))
     print()
     print(text)
-    print(f"written: {RESULTS / stem}.md and .json")
+    print(f"written: {results / stem}.md and .json")
     silent = sum(p.get("silent", 0) + p.get("silent_at_backend", 0)
                  for p in report.get("phases", {}).values())
     if s.keep or report.get("failed") or silent:

@@ -205,7 +205,11 @@ def compile_config(
                 what = "a built-in target" if name in builtin else "already a target"
                 raise ConfigError(key, f"{name!r} is {what}")
             targets[name] = _within(key, partial(kind.compile, name, table, context))
-    listeners_raw = _tables("listener", raw.get("listener"), required=True)
+    # A host whose only work is a target that works without routes (a
+    # tunnel agent, ``standalone``) needs no listener; anything else does.
+    alone = any(getattr(t, "standalone", False) for t in targets.values())
+    listeners_raw = _tables("listener", raw.get("listener", {} if alone else None),
+                            required=not alone)
     listeners = tuple(
         _compile_listener(f"listener.{name}", name, table, targets=targets,
                           factories=factories, reactor=reactor, nested=False)

@@ -229,6 +229,11 @@ class ITarget(Interface):
     termination, or anything a target kind plugin builds."""
 
     name = Attribute("The name routes use in their C{to} key.")
+    # Optional, read with getattr (so not Attributes here): a target whose
+    # parts must all run in one process sets ``single_process`` to a short
+    # reason, and ``workers > 1`` is then a config error saying it; one that
+    # does its work without any route (a tunnel agent) sets ``standalone``,
+    # and a config holding one needs no listener.
 
     def attach(connection: IConnection) -> None:
         """Take over a connection whose route chose this target."""

@@ -44,7 +44,16 @@ class ExampleConfigTests(unittest.TestCase):
         self.assertGreaterEqual(len(paths), 2)
         for path in paths:
             config = load(path, reactor)
-            self.assertTrue(config.listeners, path)
+            # Every example does some work: a listener, or a target that
+            # works without one (a tunnel agent).
+            self.assertTrue(config.listeners or any(
+                getattr(t, "standalone", False) for t in config.targets.values()), path)
+
+    def test_onlyAStandaloneTargetMakesAListenerOptional(self) -> None:
+        with self.assertRaises(ConfigError) as caught:
+            compile_config({"backend": {"b": {"servers": ["127.0.0.1:1"], "check": True}}},
+                           reactor)
+        self.assertEqual(caught.exception.key, "listener")
 
     def test_shareExampleHasTheRoutesItPromises(self) -> None:
         config = load(os.path.join(REPO, "examples", "share-443.toml"), reactor)

@@ -234,3 +234,17 @@ class SupervisorTests(unittest.TestCase):
                      "[worker 1] stderr:   File", "[worker 1] stdout: printed",
                      "[worker 1] not json"]:
             self.assertIn(line, texts)
+
+
+class SingleProcessTargetTests(unittest.TestCase):
+    def test_tunnelServerRefusesWorkers(self) -> None:
+        import os
+
+        from switchyard.config import load
+        from tests.daemon import REPO
+
+        config = load(os.path.join(REPO, "examples", "tunnel.toml"), reactor)
+        with self.assertRaises(ConfigError) as caught:
+            supervisor.shareable(config)
+        self.assertEqual(caught.exception.key, "workers")
+        self.assertIn("needs workers = 1", caught.exception.problem)

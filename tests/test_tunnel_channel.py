@@ -163,6 +163,22 @@ class ChannelTests(unittest.TestCase):
         self.lost_reason().trap(error.ConnectionDone)
         self.assertEqual(self.releases, 1)
 
+    def test_closeIsAnEndOfStreamThenTheClose(self) -> None:
+        """A clean close is a FIN: the other end reads an end of stream, not a cut."""
+        self.open()
+        self.channel.write(b"answer")
+        self.channel.loseConnection()
+        self.assertEqual(self.link.sent, [b"answer", "EOF", "CLOSE"])
+
+    def test_closeWaitsForTheBufferThenEndsTheStream(self) -> None:
+        self.open(window=10)
+        self.channel.write(b"h" * 50)
+        self.channel.loseConnection()
+        self.assertNotIn("EOF", self.link.sent)
+        self.channel.addWindowBytes(100)
+        self.assertEqual(b"".join(x for x in self.link.sent if isinstance(x, bytes)), b"h" * 50)
+        self.assertEqual(self.link.sent[-2:], ["EOF", "CLOSE"])
+
     def test_agentClosingWithoutEofIsLost(self) -> None:
         self.open()
         self.channel.closeReceived()

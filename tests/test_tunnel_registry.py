@@ -133,6 +133,37 @@ class RegistryTests(unittest.TestCase):
         self.assertFalse(registry.unpublish(agent, "srv-0.local", 80))
         self.failureResultOf(self.open(registry), TunnelDown)
 
+    def test_reloadKeepsAgentsDropsRevokedKeysAndWithdrawsUnownedNames(self) -> None:
+        kept_key, revoked_key = key_line(), key_line()
+        spec = compile_tunnel("office", {"keys": [kept_key, revoked_key],
+                                         "names": ["srv-0.local", "srv-1.local"]})
+        registry = Registry([spec], self.clock, open_timeout=5, max_forwards_per_agent=3)
+        blob = {line: Key.fromString(line.encode()).blob() for line in (kept_key, revoked_key)}
+        kept = registry.connect_agent("office", FakeLink(), "kept", blob[kept_key])
+        revoked = registry.connect_agent("office", FakeLink(), "revoked", blob[revoked_key])
+        for agent in (kept, revoked):
+            registry.publish(agent, "srv-0.local", 80)
+            registry.publish(agent, "srv-1.local", 80)
+        lab = compile_tunnel("lab", {"keys": [key_line()], "names": ["lab.local"]})
+        going = registry.reconfigure(
+            [compile_tunnel("office", {"keys": [kept_key], "names": ["srv-0.local"],
+                                       "balance": "leastconn"}), lab],
+            open_timeout=3, max_forwards_per_agent=5)
+        self.assertEqual([(a.description, why) for a, why in going],
+                         [("revoked", "its key is no longer one of tunnel office's keys")])
+        office = registry.tunnels["office"]
+        self.assertEqual(office.agents, [kept])
+        self.assertIs(kept.tunnel, office)
+        self.assertEqual(sorted(kept.published), [("srv-0.local", 80)])  # srv-1 withdrawn
+        self.assertEqual((registry.open_timeout, registry.max_forwards_per_agent), (3, 5))
+        self.assertIn("lab", registry.tunnels)
+        self.assertIsNone(registry.identify(blob[revoked_key]))
+        self.open(registry)
+        self.assertEqual(len(kept.link.opens), 1)  # type: ignore[attr-defined]
+        going = registry.reconfigure([lab], open_timeout=3, max_forwards_per_agent=5)
+        self.assertEqual([(a, why) for a, why in going],
+                         [(kept, "tunnel office is no longer declared")])
+
     def test_channelNamesTheAddressAsTheAgentSpeltIt(self) -> None:
         """OpenSSH matches channels to its forwards by the exact bytes it sent."""
         registry = self.registry()

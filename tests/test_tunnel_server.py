@@ -324,7 +324,7 @@ class Tunnels:
 
     def visit(self, visitor: Visitor, name: str = "srv-0.local", port: int = 80,
               tunnel: str = "office") -> defer.Deferred[TunnelChannel]:
-        """Open a channel for ``visitor`` and attach it, as the phase-2 target will."""
+        """Open a channel for ``visitor`` and attach it, as the tunnel target does."""
         d = self.server.open_channel(tunnel, name, port, ORIGIN, visitor)
 
         def opened(channel: TunnelChannel) -> TunnelChannel:

@@ -1,65 +1,46 @@
-"""Tunnel channels relayed by the real switch, through the contract a route's target will use.
+"""Tunnel channels relayed by the real switch, through the tunnel target routes use.
 
-The route's target that sends visitors down a tunnel comes with phase 2;
-this module's stand-in does what it will do (open a channel on the
-registry, splice the connection with it, or close the connection with the
-failure's reason), so the channel is proven against the switch's own relay:
-integrity, half-close, flow control and the access log's reasons.
+The switch's connection, the L{TunnelTarget} and the in-process tunnel server
+with OpenSSH agents: integrity, flow control and the access log's reasons,
+proven against the switch's own relay (the whole twistd is in
+test_tunnel_end_to_end).
 """
 
 from __future__ import annotations
 
 import socket
 from collections.abc import Generator
+from types import SimpleNamespace
 from typing import Any
 
+import attr
 from twisted.internet import defer, reactor, threads
-from twisted.python.failure import Failure
 from twisted.trial import unittest
-from zope.interface import implementer
 
 from switchyard.config import Listener, Route
 from switchyard.connection import Connection
-from switchyard.interfaces import IConnection, ITarget, Match
+from switchyard.interfaces import Match
 from switchyard.listener import ListenerBooks
-from switchyard.targets.tunnels import TunnelError
 from switchyard.targets.tunnels.channel import TunnelChannel
 from switchyard.targets.tunnels.settings import MAX_PACKET
+from switchyard.targets.tunnels.target import TunnelTarget
 from tests import traffic
 from tests.fakes import CapturedEvents, ScriptedMatcher
 from tests.test_tunnel_server import LOCALHOST, Service, Tunnels, office, wait_until
 
 
-@implementer(ITarget)
-class _TunnelTarget:
-    """What the phase-2 target will do with a connection its route chose."""
+def tunnel_target(tunnels: Tunnels) -> TunnelTarget:
+    """The route's target for tunnel office of the in-process server: channels name
+    port 80, whatever port the switch listens on here."""
+    tunnel = tunnels.server.registry.tunnels["office"]
+    tunnel.spec = spec = attr.evolve(tunnel.spec, port=80)
+    return TunnelTarget("office", spec, SimpleNamespace(server=tunnels.server,  # type: ignore
+                                                        name="agents"))
 
-    name = "tunnel:office"
 
-    def __init__(self, tunnels: Tunnels) -> None:
-        self.tunnels = tunnels
-        self.channels: list[TunnelChannel] = []
-
-    def attach(self, connection: IConnection) -> None:
-        connection.set_server(self.name)
-        client = connection.client_address
-        d = self.tunnels.server.open_channel("office", "srv-0.local", 80,
-                                             (client.host, client.port), connection)
-        connection.pending = d  # type: ignore[attr-defined]  # cancelled if the client leaves
-
-        def opened(channel: TunnelChannel) -> None:
-            connection.pending = None  # type: ignore[attr-defined]
-            self.channels.append(channel)
-            connection.splice(channel)
-
-        def failed(f: Failure) -> None:
-            connection.pending = None  # type: ignore[attr-defined]
-            if f.check(defer.CancelledError):
-                return
-            f.trap(TunnelError)
-            connection.close(f.value.reason, str(f.value))
-
-        d.addCallbacks(opened, failed)
+def channels(tunnels: Tunnels) -> list[TunnelChannel]:
+    return [c for t in tunnels.server.factory.transports for c in t.service.channels.values()
+            if isinstance(c, TunnelChannel)]
 
 
 class _Capturing(ListenerBooks):
@@ -71,9 +52,10 @@ class _Capturing(ListenerBooks):
 class SwitchThroughTunnelTests(unittest.TestCase):
     timeout = 90
 
-    def switch(self, tunnels: Tunnels) -> tuple[int, _TunnelTarget, _Capturing]:
-        target = _TunnelTarget(tunnels)
-        route = Route(name="office", matcher=ScriptedMatcher(lambda data: Match({})),
+    def switch(self, tunnels: Tunnels) -> tuple[int, TunnelTarget, _Capturing]:
+        target = tunnel_target(tunnels)
+        route = Route(name="office",
+                      matcher=ScriptedMatcher(lambda data: Match({"host": "srv-0.local"})),
                       match="scripted", target=target)
         listener = Listener(name="public", listen="", endpoint=None, routes=(route,),
                             inspect_timeout=5.0, max_sniff_bytes=16384, on_timeout=None,
@@ -129,14 +111,14 @@ class SwitchThroughTunnelTests(unittest.TestCase):
         service = Service(self, body=traffic.payload(4, total))
         tunnels.agent("gw", f"srv-0.local:80:{LOCALHOST}:{service.port}")
         yield tunnels.wait_published("srv-0.local", 80, 1)
-        port, target, factory = self.switch(tunnels)
+        port, _, factory = self.switch(tunnels)
 
         client = socket.create_connection((LOCALHOST, port))
         self.addCleanup(client.close)
         client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
         client.sendall(b"go")
-        yield wait_until(lambda: bool(target.channels), "the channel")
-        [channel] = target.channels
+        yield wait_until(lambda: bool(channels(tunnels)), "the channel")
+        [channel] = channels(tunnels)
         yield wait_until(lambda: channel.paused and channel.localWindowLeft < MAX_PACKET,
                          "the agent to run out of window", details=tunnels.details)
         held = factory.last.transport

@@ -48,6 +48,10 @@ def shareable(config: Config) -> None:
     """
     kinds = (TCP4ServerEndpoint, TCP6ServerEndpoint, UNIXServerEndpoint,
              AdoptedStreamServerEndpoint, SystemdEndpoint)
+    for name, target in config.targets.items():
+        why = getattr(target, "single_process", None)
+        if why:
+            raise ConfigError("workers", f"target {name!r} needs workers = 1: {why}")
     for listener in config.listeners:
         if not isinstance(listener.endpoint, kinds):
             raise ConfigError(f"listener.{listener.name}.listen",

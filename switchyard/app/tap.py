@@ -13,6 +13,7 @@ from twisted.logger import Logger
 from twisted.python import usage
 
 from switchyard.config import MAX_WORKERS, Config, ConfigError, load
+from switchyard.interfaces import IRunningTarget
 from switchyard.observe.explain import (
     explanation_text,
     parse_client,
@@ -168,6 +169,11 @@ def describe(config: Config) -> str:
                          f"{samples.max_bytes} bytes, {samples.per_minute} a minute)")
         lines.extend(f"  warning: {warning}"
                      for warning in unreachable_routes(listener.routes, raws))
+    reached = {id(route.target) for listener in config.listeners for route in listener.routes}
+    for name, target in config.targets.items():
+        if IRunningTarget.providedBy(target) and id(target) not in reached:
+            lines.append(f"running {name} (no route sends to it)")
+            lines.extend(f"  {line}" for line in target.describe())
     if config.metrics is not None:
         lines.append(f"metrics on {config.metrics} (/metrics)")
     return "\n".join(lines)

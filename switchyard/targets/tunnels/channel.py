@@ -32,7 +32,7 @@ from zope.interface import implementer, provider
 from switchyard.targets.tunnels.registry import ChannelRefused
 
 if TYPE_CHECKING:
-    from switchyard.targets.tunnels.server import AgentConnection
+    from switchyard.targets.tunnels.link import TunnelLink
 
 # How long a closing channel may wait for the agent's window to send what
 # is still buffered before it is cut (a stuck agent-side service).
@@ -52,7 +52,7 @@ QUIET = Logger(observer=_warnings_only)
 debug lines are dropped (our own lines say what happened), warnings and
 errors still reach the log."""
 
-_OPENING, _OPEN, _CLOSED = "opening", "open", "closed"
+OPENING, OPEN, CLOSED = "opening", "open", "closed"
 
 
 @implementer(IPushProducer)
@@ -62,14 +62,14 @@ class TunnelChannel(SSHChannel):
     name = b"forwarded-tcpip"
     _log = QUIET
 
-    def __init__(self, link: AgentConnection, connection: Any, release: Callable[[], None],
+    def __init__(self, link: TunnelLink, connection: Any, release: Callable[[], None],
                  window: int, max_packet: int) -> None:
         super().__init__(localWindow=window, localMaxPacket=max_packet, conn=link)
         self.link = link
         self.connection: Any = connection  # None once the visitor no longer wants it
         self._release = release
         self.opened: defer.Deferred[TunnelChannel] = defer.Deferred(self._cancel_open)
-        self.state = _OPENING
+        self.state = OPENING
         self.producer: Any = None  # the visitor's transport
         self._producer_paused = False
         self.paused = False  # the visitor cannot take more: no window for the agent
@@ -93,10 +93,10 @@ class TunnelChannel(SSHChannel):
 
     def channelOpen(self, specificData: bytes) -> None:
         if self.connection is None:  # the visitor left while we waited
-            self.state = _OPEN
+            self.state = OPEN
             self.abortConnection()
             return
-        self.state = _OPEN
+        self.state = OPEN
         if self.buf:  # written before the agent answered
             pending, self.buf = self.buf, b""
             SSHChannel.write(self, pending)
@@ -105,7 +105,7 @@ class TunnelChannel(SSHChannel):
         self.opened.callback(self)
 
     def openFailed(self, reason: Any) -> None:
-        self.state = _CLOSED
+        self.state = CLOSED
         self._release()
         if self.connection is None:
             return
@@ -139,7 +139,7 @@ class TunnelChannel(SSHChannel):
         self.link.sendClose(self)
 
     def closed(self) -> None:
-        self.state = _CLOSED
+        self.state = CLOSED
         if self._drain_call is not None and self._drain_call.active():
             self._drain_call.cancel()
         self._drain_call = None
@@ -204,9 +204,9 @@ class TunnelChannel(SSHChannel):
     # -- the visitor's side: the relay peer -------------------------------
 
     def write(self, data: bytes) -> None:
-        if self._eof_sent or self._eof_wanted or self.closing or self.state == _CLOSED:
+        if self._eof_sent or self._eof_wanted or self.closing or self.state == CLOSED:
             return  # after our end of stream nothing more may go
-        if self.state == _OPENING:
+        if self.state == OPENING:
             self.buf += data
             return
         super().write(data)
@@ -216,9 +216,9 @@ class TunnelChannel(SSHChannel):
 
     def loseWriteConnection(self) -> None:
         """The visitor's half-close: the channel's EOF, after what is buffered."""
-        if self._eof_sent or self._eof_wanted or self.state == _CLOSED:
+        if self._eof_sent or self._eof_wanted or self.state == CLOSED:
             return
-        if self.buf or self.state == _OPENING:
+        if self.buf or self.state == OPENING:
             self._eof_wanted = True
             return
         self._send_eof()
@@ -229,13 +229,17 @@ class TunnelChannel(SSHChannel):
         self.link.sendEOF(self)
 
     def loseConnection(self) -> None:
-        """End the channel once what is buffered is out (bounded by a timer)."""
+        """End the channel once what is buffered is out (bounded by a timer): its end
+        of stream, then the close, as a TCP connection's clean close is a FIN (a
+        close alone reads as a cut stream at the other end)."""
         self._ended_by_us = True
-        if self.state == _OPENING:
+        if self.state == OPENING:
             self._cancel_open(self.opened)
             return
-        if self.state == _CLOSED:
+        if self.state == CLOSED:
             return
+        if not self.buf and not self._eof_sent and not self.localClosed:
+            self._send_eof()
         super().loseConnection()
         if self.buf and self._drain_call is None:
             self._drain_call = self.link.clock.callLater(CLOSE_DRAIN_TIMEOUT, self._drain_expired)
@@ -251,10 +255,10 @@ class TunnelChannel(SSHChannel):
         self.extBuf = []
         self.closing = 1
         self._eof_wanted = False
-        if self.state == _OPENING:
+        if self.state == OPENING:
             self._cancel_open(self.opened)
             return
-        if self.state == _OPEN:
+        if self.state == OPEN:
             self.link.sendClose(self)
 
     def registerProducer(self, producer: Any, streaming: bool) -> None:

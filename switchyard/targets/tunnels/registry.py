@@ -17,12 +17,14 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from switchyard.interfaces import OptionError
 from switchyard.names import normalize_name
 from switchyard.targets.backends.balancing import BALANCERS, Balancer
 from switchyard.targets.tunnels.settings import (
     DEFAULT_MAX_FORWARDS,
     DEFAULT_OPEN_TIMEOUT,
     TunnelSpec,
+    fingerprint,
 )
 
 log = Logger(namespace="switchyard.tunnel")
@@ -101,16 +103,21 @@ class AgentLink(Protocol):
             away; cancelling it closes the channel should it open later.
         """
 
+    def drop(self, why: str) -> None:
+        """Disconnect the agent, saying ``why`` (it may no longer serve its tunnel)."""
+
 
 class Agent:
     """One live, authenticated agent connection of a tunnel."""
 
     weight = 1  # for the balancers: agents are equals
 
-    def __init__(self, tunnel: Tunnel, link: AgentLink, description: str) -> None:
+    def __init__(self, tunnel: Tunnel, link: AgentLink, description: str,
+                 public_key: bytes = b"") -> None:
         self.tunnel = tunnel
         self.link = link
         self.description = description  # peer address and key fingerprint, for logs
+        self.public_key = public_key  # the blob it logged in with: still listed after a reload?
         self.active = 0  # channels opening or open
         # (normalized name, port) -> the address exactly as the agent sent it:
         # the agent matches channels by it, byte for byte.
@@ -178,6 +185,22 @@ class Registry:
             for public in tunnel.spec.keys:
                 self._by_key.setdefault(public.blob(), tunnel.spec)
 
+    def add_tunnel(self, spec: TunnelSpec) -> None:
+        """Declare one more tunnel.
+
+        @raise OptionError: (C{keys}) one of its keys is already another tunnel's.
+        """
+        if spec.name in self.tunnels:
+            raise OptionError("name", f"tunnel {spec.name!r} is declared twice")
+        for public in spec.keys:
+            other = self._by_key.get(public.blob())
+            if other is not None:
+                raise OptionError("keys", f"key {fingerprint(public)} is also a key of tunnel "
+                                          f"{other.name!r}: a key identifies one tunnel")
+        self.tunnels[spec.name] = Tunnel(spec)
+        for public in spec.keys:
+            self._by_key[public.blob()] = spec
+
     # -- agents -----------------------------------------------------------
 
     def identify(self, blob: bytes) -> TunnelSpec | None:
@@ -187,15 +210,60 @@ class Registry:
     def keys(self) -> Mapping[bytes, TunnelSpec]:
         return self._by_key
 
-    def connect_agent(self, tunnel_name: str, link: AgentLink, description: str) -> Agent:
+    def active_channels(self) -> int:
+        """Visitors' channels opening or open, on every agent."""
+        return sum(agent.active for tunnel in self.tunnels.values() for agent in tunnel.agents)
+
+    def connect_agent(self, tunnel_name: str, link: AgentLink, description: str,
+                      public_key: bytes = b"") -> Agent:
         """A new agent of a tunnel; raises L{TooManyAgents} at the tunnel's limit."""
         tunnel = self.tunnels[tunnel_name]
         if len(tunnel.agents) >= tunnel.spec.max_agents:
             raise TooManyAgents(f"tunnel {tunnel_name} already has its "
                                 f"{tunnel.spec.max_agents} agents (max_agents)")
-        agent = Agent(tunnel, link, description)
+        agent = Agent(tunnel, link, description, public_key)
         tunnel.agents.append(agent)
         return agent
+
+    def reconfigure(self, specs: Iterable[TunnelSpec], *, open_timeout: float,
+                    max_forwards_per_agent: int) -> list[tuple[Agent, str]]:
+        """A reload: these tunnels now, with the live agents kept where they still belong.
+
+        A tunnel that stays keeps its agents (and its balancer's turn, if
+        ``balance`` is the same); a name an agent published that its tunnel
+        no longer owns is withdrawn.
+
+        @return: the agents that must go, and why: their tunnel is gone, or
+            their key is no longer one of its keys.
+        """
+        before = self.tunnels
+        self.tunnels, self._by_key = {}, {}
+        self.open_timeout = open_timeout
+        self.max_forwards_per_agent = max_forwards_per_agent
+        for spec in specs:
+            self.add_tunnel(spec)
+        going: list[tuple[Agent, str]] = []
+        for name, old in before.items():
+            tunnel = self.tunnels.get(name)
+            if tunnel is None:
+                going += [(agent, f"tunnel {name} is no longer declared") for agent in old.agents]
+                continue
+            if tunnel.spec.balance == old.spec.balance:
+                tunnel.balancer = old.balancer
+            listed = {public.blob() for public in tunnel.spec.keys}
+            for agent in old.agents:
+                if agent.public_key not in listed:
+                    # (It stays in the old tunnel's list until it is gone.)
+                    going.append((agent, f"its key is no longer one of tunnel {name}'s keys"))
+                    continue
+                agent.tunnel = tunnel
+                tunnel.agents.append(agent)
+                for binding in [b for b in agent.published if not tunnel.spec.owns(b[0])]:
+                    del agent.published[binding]
+                    log.info("tunnel {tunnel}: agent {agent}: {name}:{port} withdrawn (no "
+                             "longer one of the tunnel's names)", tunnel=name,
+                             agent=agent.description, name=binding[0], port=binding[1])
+        return going
 
     def disconnect_agent(self, agent: Agent) -> list[tuple[str, int]]:
         """The agent is gone: nothing more is sent its way (its open channels end on

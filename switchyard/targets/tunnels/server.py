@@ -27,13 +27,18 @@ from twisted.cred.checkers import ICredentialsChecker
 from twisted.cred.credentials import ISSHPrivateKey
 from twisted.cred.error import UnauthorizedLogin
 from twisted.cred.portal import IRealm, Portal
-from twisted.internet import defer, error, task
-from twisted.internet.interfaces import IAddress, IPushProducer
+from twisted.internet import defer, error
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from switchyard.targets.tunnels.channel import QUIET, TunnelChannel
+from switchyard.targets.tunnels.link import (
+    KEEPALIVE_REQUEST,
+    LinkTransport,
+    TunnelLink,
+    text,
+)
 from switchyard.targets.tunnels.registry import (
     Agent,
     PublishRefused,
@@ -46,27 +51,11 @@ from switchyard.targets.tunnels.settings import (
     TunnelSpec,
     fingerprint,
 )
-from switchyard.wire.text import printable
 
 log = Logger(namespace="switchyard.tunnel")
 
-KEEPALIVE_REQUEST = b"keepalive@openssh.com"
 # Global requests OpenSSH clients send on their own: answered (or not) quietly.
 _ROUTINE_REQUESTS = (KEEPALIVE_REQUEST, b"no-more-sessions@openssh.com")
-_MAX_TEXT = 100  # of client-chosen text (user names, channel types) in log lines
-
-
-def _text(raw: bytes) -> str:
-    """Client-chosen bytes for a log line: printable, bounded."""
-    text = printable(raw[:_MAX_TEXT])
-    return text + "..." if len(raw) > _MAX_TEXT else text
-
-
-def _address(address: IAddress) -> str:
-    host, port = getattr(address, "host", None), getattr(address, "port", None)
-    if host is None:
-        return str(address)
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def describe_key(blob: bytes) -> str:
@@ -77,7 +66,7 @@ def describe_key(blob: bytes) -> str:
         return "an unreadable key"
 
 
-def _forward(data: bytes) -> tuple[str, int] | None:
+def forward_request(data: bytes) -> tuple[str, int] | None:
     """The (address, port) of a ``tcpip-forward`` request, or None if malformed."""
     try:
         address, port = forwarding.unpackGlobal_tcpip_forward(data)
@@ -96,17 +85,20 @@ class AgentIdentity:
     tunnel: str
     fingerprint: str
     user: str
+    blob: bytes = b""  # the public key itself, for the registry
 
 
 @implementer(IAuthorizedKeysDB)
 class _TunnelKeys:
     """Every tunnel key, whatever the user name: the key, not the name, says who it is."""
 
-    def __init__(self, keys: list[Key]) -> None:
-        self._keys = keys
+    def __init__(self, registry: Registry) -> None:
+        self.registry = registry
 
     def getAuthorizedKeys(self, username: bytes) -> list[Key]:
-        return self._keys
+        # Asked at each login: tunnels may be declared after the server is made.
+        specs = {id(s): s for s in self.registry.keys().values()}.values()
+        return [k for spec in specs for k in spec.keys]
 
 
 @implementer(ICredentialsChecker)
@@ -117,9 +109,7 @@ class TunnelKeyChecker:
 
     def __init__(self, registry: Registry) -> None:
         self.registry = registry
-        specs = {id(s): s for s in registry.keys().values()}.values()
-        self._signatures = SSHPublicKeyChecker(
-            _TunnelKeys([k for spec in specs for k in spec.keys]))
+        self._signatures = SSHPublicKeyChecker(_TunnelKeys(registry))
 
     def requestAvatarId(self, credentials: Any) -> defer.Deferred[Any]:
         spec: TunnelSpec | None = self.registry.identify(credentials.blob)
@@ -128,9 +118,10 @@ class TunnelKeyChecker:
             return defer.fail(UnauthorizedLogin(f"{describe_key(credentials.blob)} is not a "
                                                 f"tunnel key"))
         d = self._signatures.requestAvatarId(credentials)
-        user = _text(credentials.username or b"")
+        user = text(credentials.username or b"")
         key = describe_key(credentials.blob)
-        d.addCallback(lambda _: AgentIdentity(spec.name, key, user))
+        blob = credentials.blob
+        d.addCallback(lambda _: AgentIdentity(spec.name, key, user, blob))
         return d
 
 
@@ -148,7 +139,7 @@ class TunnelAvatar(ConchUser):
         if requestType == b"cancel-tcpip-forward":
             return self.global_cancel_tcpip_forward(data)
         if requestType not in _ROUTINE_REQUESTS and self.conn is not None:
-            self.conn.refused(f"a {_text(requestType)!r} global request")
+            self.conn.refused(f"a {text(requestType)!r} global request")
         return 0
 
     def global_tcpip_forward(self, data: bytes) -> Any:
@@ -192,7 +183,7 @@ class TunnelUserAuth(userauth.SSHUserAuthServer):
     def ssh_USERAUTH_REQUEST(self, packet: bytes) -> Any:
         _, _, method, _ = common.getNS(packet, 3)
         tried = self.transport.auth_methods
-        name = _text(method)
+        name = text(method)
         if name not in tried and len(tried) < 10:
             tried.append(name)
         return super().ssh_USERAUTH_REQUEST(packet)
@@ -201,37 +192,27 @@ class TunnelUserAuth(userauth.SSHUserAuthServer):
         # "none" is every client's first, polite question; a key offered
         # without a signature and accepted is answered "go on, sign".
         if self.method != b"none" and not reason.check(IgnoreAuthentication):
-            peer, user = self.transport.peer_text, _text(self.user or b"")
+            peer, user = self.transport.peer_text, text(self.user or b"")
             if self.method == b"publickey":
                 log.warn("tunnel server: {peer} (user {user!r}) offered {why}: refused",
                          peer=peer, user=user, why=reason.getErrorMessage())
             else:
                 log.warn("tunnel server: {peer} tried {method} authentication as {user!r}: "
                          "refused (tunnel agents log in with a key only)", peer=peer,
-                         method=_text(self.method), user=user)
+                         method=text(self.method), user=user)
         super()._ebBadAuth(reason)
 
 
 # -- the agent's connection -------------------------------------------------
 
 
-@implementer(IPushProducer)
-class AgentConnection(connection.SSHConnection):
+class AgentConnection(TunnelLink):
     """One agent's ssh-connection service: its names, the channels we open on it,
     refusals of everything else, keepalives. It is the registry's link to the agent."""
-
-    _log = QUIET
-    transport: Any  # the TunnelTransport, once the service runs
 
     def __init__(self) -> None:
         super().__init__()
         self.agent: Agent | None = None
-        self.lost = False  # the connection is gone (channels end as lost, not done)
-        self.congested = False  # the agent's TCP connection is not keeping up
-        self.unanswered = 0  # keepalives sent since the last answer
-        self.answered = 0
-        self._keepalive: task.LoopingCall | None = None
-        self._producing = False
 
     def serviceStarted(self) -> None:
         super().serviceStarted()
@@ -242,7 +223,8 @@ class AgentConnection(connection.SSHConnection):
         self.identity = identity
         self.description = f"{self.transport.peer_text} ({identity.fingerprint})"
         try:
-            self.agent = server.registry.connect_agent(identity.tunnel, self, self.description)
+            self.agent = server.registry.connect_agent(identity.tunnel, self, self.description,
+                                                       identity.blob)
         except TooManyAgents as e:
             log.warn("tunnel {tunnel}: agent {agent} refused: {why}", tunnel=identity.tunnel,
                      agent=self.description, why=str(e))
@@ -251,24 +233,16 @@ class AgentConnection(connection.SSHConnection):
             return
         log.info("tunnel {tunnel}: agent {agent} connected (user {user!r})",
                  tunnel=identity.tunnel, agent=self.description, user=identity.user)
-        outer = self.transport.transport
-        if hasattr(outer, "registerProducer") and getattr(outer, "producer", None) is None:
-            # The agent's TCP buffer full: every visitor sending to it waits.
-            outer.registerProducer(self, True)
-            self._producing = True
         settings = server.settings
-        self._keepalive = task.LoopingCall(self._send_keepalive)
-        self._keepalive.clock = server.reactor
-        self._keepalive.start(settings.keepalive_interval, now=False)
+        self.start_link(server.reactor, settings.keepalive_interval,
+                        settings.keepalive_count_max)
 
     def serviceStopped(self) -> None:
         self.lost = True
         # Out of the registry first: a visitor failed over from this agent's
         # channels below must not be sent back to it.
         self.leave()
-        if self._keepalive is not None and self._keepalive.running:
-            self._keepalive.stop()
-        self._keepalive = None
+        self.stop_link()
         super().serviceStopped()
 
     def leave(self) -> None:
@@ -281,19 +255,23 @@ class AgentConnection(connection.SSHConnection):
                      tunnel=self.identity.tunnel, agent=self.description,
                      why=self.transport.ended_by or "connection lost", names=names)
 
-    def release_producer(self) -> None:
-        """Before the TCP connection is closed: a paused producer would hold its end."""
-        if self._producing:
-            self._producing = False
-            outer = self.transport.transport
-            if getattr(outer, "producer", None) is self:
-                outer.unregisterProducer()
+    def drop(self, why: str) -> None:
+        """Disconnect the agent, saying why (a reload took its right to serve away)."""
+        log.warn("tunnel {tunnel}: agent {agent} disconnected: {why}",
+                 tunnel=self.identity.tunnel, agent=self.description, why=why)
+        self.transport.sendDisconnect(transport.DISCONNECT_BY_APPLICATION, why.encode("utf-8"))
+
+    def keepalives_unanswered(self, count: int) -> None:
+        log.warn("tunnel {tunnel}: agent {agent} answered none of {n} keepalives in "
+                 "{seconds:g}s: dropping it", tunnel=self.identity.tunnel,
+                 agent=self.description, n=count,
+                 seconds=count * self.server.settings.keepalive_interval)
 
     # -- names ------------------------------------------------------------
 
     def publish(self, data: bytes) -> Any:
         """A ``tcpip-forward``: 1 (or 1 and the port, for port 0) if allowed, else 0."""
-        forward = _forward(data)
+        forward = forward_request(data)
         if forward is None:
             self.refused("a tcpip-forward that is not UTF-8 text and a port")
             return 0
@@ -305,7 +283,7 @@ class AgentConnection(connection.SSHConnection):
         except PublishRefused as e:
             log.warn("tunnel {tunnel}: agent {agent} may not publish {name}:{port}: {why}",
                      tunnel=self.identity.tunnel, agent=self.description,
-                     name=_text(address.encode("utf-8", "replace")), port=port, why=str(e))
+                     name=text(address.encode("utf-8", "replace")), port=port, why=str(e))
             return 0
         log.info("tunnel {tunnel}: agent {agent} publishes {name}:{port}",
                  tunnel=self.identity.tunnel, agent=self.description, name=address,
@@ -315,7 +293,7 @@ class AgentConnection(connection.SSHConnection):
         return 1, struct.pack(">L", reply_port)
 
     def unpublish(self, data: bytes) -> Any:
-        forward = _forward(data)
+        forward = forward_request(data)
         if forward is None or self.agent is None:
             return 0
         address, port = forward
@@ -337,14 +315,14 @@ class AgentConnection(connection.SSHConnection):
         detail = ""
         if kind == b"direct-tcpip":
             (host, port), _ = forwarding.unpackOpen_direct_tcpip(rest[12:])
-            detail = f" to {_text(host.encode('utf-8', 'replace'))}:{port}"
+            detail = f" to {text(host.encode('utf-8', 'replace'))}:{port}"
             why = b"tunnel agents may not connect anywhere through the server"
         elif kind == b"session":
             detail = " (shell, exec, pty, subsystem and forwarding requests need one)"
             why = b"tunnel agents get no session: they publish names only"
         else:
             why = b"tunnel agents may not open channels"
-        self.refused(f"a {_text(kind)!r} channel{detail}")
+        self.refused(f"a {text(kind)!r} channel{detail}")
         self.transport.sendPacket(
             connection.MSG_CHANNEL_OPEN_FAILURE,
             struct.pack(">2L", sender, connection.OPEN_ADMINISTRATIVELY_PROHIBITED)
@@ -363,71 +341,8 @@ class AgentConnection(connection.SSHConnection):
         self.openChannel(channel, forwarding.packOpen_forwarded_tcpip((address, port), origin))
         return channel.opened
 
-    def ssh_CHANNEL_DATA(self, packet: bytes) -> None:
-        # As conch's, but the window is given back by the channel, when the
-        # visitor keeps up (conch refills it at once, whatever the visitor).
-        local, length = struct.unpack(">2L", packet[:8])
-        self._deliver(local, length, packet[8:8 + length], None)
 
-    def ssh_CHANNEL_EXTENDED_DATA(self, packet: bytes) -> None:
-        local, kind, length = struct.unpack(">3L", packet[:12])
-        self._deliver(local, length, packet[12:12 + length], kind)
-
-    def _deliver(self, local: int, length: int, data: bytes, kind: int | None) -> None:
-        channel = self.channels.get(local)
-        if channel is None or len(data) != length:
-            self.transport.protocol_error(f"data for unknown channel {local}")
-            return
-        if length > channel.localWindowLeft or length > channel.localMaxPacket:
-            self.transport.protocol_error(f"{length} bytes on channel {local}, beyond its window")
-            return
-        channel.localWindowLeft -= length
-        if kind is None:
-            channel.dataReceived(data)
-        else:
-            channel.extReceived(kind, data)
-
-    # -- the agent's TCP connection as a consumer -------------------------
-
-    def _congestion(self, congested: bool) -> None:
-        self.congested = congested
-        for channel in list(self.channels.values()):
-            if isinstance(channel, TunnelChannel):
-                channel.update_producer()
-
-    def pauseProducing(self) -> None:
-        self._congestion(True)
-
-    def resumeProducing(self) -> None:
-        self._congestion(False)
-
-    def stopProducing(self) -> None:
-        self._producing = False
-
-    # -- keepalives -------------------------------------------------------
-
-    def _send_keepalive(self) -> None:
-        settings = self.server.settings
-        if self.unanswered >= settings.keepalive_count_max:
-            log.warn("tunnel {tunnel}: agent {agent} answered none of {n} keepalives in "
-                     "{seconds:g}s: dropping it", tunnel=self.identity.tunnel,
-                     agent=self.description, n=self.unanswered,
-                     seconds=self.unanswered * settings.keepalive_interval)
-            if self._keepalive is not None and self._keepalive.running:
-                self._keepalive.stop()
-            self.transport.abort("no answer to keepalives")
-            return
-        self.unanswered += 1
-        d = self.sendGlobalRequest(KEEPALIVE_REQUEST, b"", wantReply=1)
-        # Success or failure, any answer shows the agent is alive.
-        d.addBoth(self._keepalive_answered)
-
-    def _keepalive_answered(self, _: Any) -> None:
-        self.unanswered = 0
-        self.answered += 1
-
-
-class TunnelTransport(transport.SSHServerTransport):
+class TunnelTransport(LinkTransport, transport.SSHServerTransport):
     """The server side of one agent's SSH connection: login deadline, clean ends, logs."""
 
     _log = QUIET
@@ -435,13 +350,15 @@ class TunnelTransport(transport.SSHServerTransport):
     transport: Any  # TCP, or whatever carries the connection
 
     def connectionMade(self) -> None:
-        self.peer_text = _address(self.transport.getPeer())
+        self.start_transport()
         self.auth_methods: list[str] = []
-        self.ended_by: str | None = None
         self._login_call: Any = self.factory.reactor.callLater(
             self.factory.settings.login_timeout, self._login_expired)
         self.factory.transports.add(self)
         super().connectionMade()
+
+    def log_prefix(self) -> str:
+        return f"tunnel server: {self.peer_text}"
 
     def _login_expired(self) -> None:
         self._login_call = None
@@ -455,59 +372,12 @@ class TunnelTransport(transport.SSHServerTransport):
             self._login_call = None
         super().setService(service)
 
-    def dispatchMessage(self, messageNum: int, payload: bytes) -> None:
-        try:
-            super().dispatchMessage(messageNum, payload)
-        except (struct.error, KeyError, IndexError, ValueError, UnicodeError) as e:
-            self.protocol_error(f"malformed message {messageNum} ({type(e).__name__})")
-        except Exception:
-            log.failure("tunnel server: {peer}: error handling message {n}", peer=self.peer_text,
-                        n=messageNum)
-            self.abort("server error (logged)")
-
-    def protocol_error(self, what: str) -> None:
-        log.warn("tunnel server: {peer} broke the protocol: {what}; disconnecting",
-                 peer=self.peer_text, what=what)
-        self.sendDisconnect(transport.DISCONNECT_PROTOCOL_ERROR, what.encode("utf-8"))
-
-    def _release(self) -> None:
-        if isinstance(self.service, AgentConnection):
-            self.service.release_producer()
-
-    def sendDisconnect(self, reason: int, desc: bytes) -> None:
-        self._release()
-        if self.ended_by is None:
-            self.ended_by = f"server: {printable(desc if isinstance(desc, bytes) else b'')}"
-        super().sendDisconnect(reason, desc)
-
-    def ssh_DISCONNECT(self, packet: bytes) -> None:
-        self._release()
-        super().ssh_DISCONNECT(packet)
-
-    def receiveError(self, reasonCode: int, description: bytes) -> None:
-        # The agent's own goodbye (ssh exiting says "disconnected by user"):
-        # an ordinary end, recorded for the log line, not an error.
-        self.ended_by = f"agent: {_text(description)}"
-
-    def abort(self, why: str) -> None:
-        """Drop the TCP connection now: a dead peer would never take a goodbye."""
-        if self.ended_by is None:
-            self.ended_by = why
-        self._release()
-        outer = self.transport
-        if hasattr(outer, "abortConnection"):
-            outer.abortConnection()
-        else:
-            outer.loseConnection()
-
     def connectionLost(self, reason: Failure | None = None) -> None:
         if self._login_call is not None:
             self._login_call.cancel()
             self._login_call = None
         self.factory.transports.discard(self)
-        if self.ended_by is None and reason is not None and not reason.check(
-                error.ConnectionDone):
-            self.ended_by = reason.getErrorMessage()
+        self.note_lost(reason)
         authenticated = hasattr(self, "avatar")
         super().connectionLost(reason)
         if not authenticated:
@@ -562,6 +432,23 @@ class TunnelServer:
                      connection: Any) -> defer.Deferred[Any]:
         """See L{Registry.open_channel}."""
         return self.registry.open_channel(tunnel, name, port, origin, connection)
+
+    def reconfigure(self, settings: ServerSettings, tunnels: list[TunnelSpec]) -> None:
+        """A reload: new settings, host key and tunnels, for the agents connected
+        (which stay, unless their tunnel or key is gone) and those to come."""
+        self.replace_host_key(settings.host_key)
+        self.settings = self.factory.settings = settings
+        going = self.registry.reconfigure(tunnels, open_timeout=settings.open_timeout,
+                                          max_forwards_per_agent=settings.max_forwards_per_agent)
+        for agent, why in going:
+            agent.link.drop(why)
+
+    def replace_host_key(self, host_key: Key) -> None:
+        """A new host key for the connections that come next (SIGHUP)."""
+        self.settings = attr.evolve(self.settings, host_key=host_key)
+        self.factory.settings = self.settings
+        self.factory.privateKeys = {host_key.sshType(): host_key}
+        self.factory.publicKeys = {host_key.sshType(): host_key.public()}
 
     def disconnect_all(self) -> None:
         """At shutdown: say goodbye to every agent (they reconnect to the next instance)."""
