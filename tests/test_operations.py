@@ -92,7 +92,7 @@ class PrivilegeTests(unittest.TestCase):
         # Reloads read the config and reopen the log as nobody: both must be
         # reachable, as /etc/switchyard and /var/log/switchyard are.
         for start in (config_folder, folder):
-            while start != REPO:
+            while start not in (REPO, os.path.dirname(start)):  # up to the repo or /
                 os.chmod(start, os.stat(start).st_mode | 0o005)
                 start = os.path.dirname(start)
         workdir = os.path.abspath(self.mktemp())

@@ -8,6 +8,14 @@ channel a visitor is relayed with, L{link} what both ends of an agent's
 connection share, L{target} the targets routes send agents and visitors to.
 """
 
+import warnings
+
+# Older conch (Twisted 24.7, which setup.cfg allows) looks TripleDES up where
+# newer cryptography has moved it from, and cryptography warns on that import:
+# noise on every start-up and --check that the operator can do nothing about
+# (the warning is about the name's home, not about the cipher being used).
+warnings.filterwarnings("ignore", message=r"TripleDES has been moved", module=r"twisted\.conch\.")
+
 from switchyard.targets.tunnels.registry import (
     Registry,
     TunnelDown,
