@@ -10,7 +10,6 @@ import re
 import signal
 import socket
 import subprocess
-import time
 import urllib.parse
 import urllib.request
 from collections.abc import Callable
@@ -20,6 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from twisted.trial import unittest
 
 from tests.daemon import log_after, run_twistd, start_switchyard, write_config
+from tests.helpers import wait_for as _wait_for
 from tests.peers import Running, free_port, make_ca, start_nginx, start_process, wait_for_port
 
 SETTLE = 60.0  # seconds anything may take on a shared, loaded machine
@@ -78,14 +78,8 @@ WEB_NORMAL = {"listener": "main", "route": "web", "reason": "normal"}
 
 
 def wait_for(condition: Callable[[], Any], what: str, timeout: float = SETTLE) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.1)
+    """The helpers' poll, with this module's longer default."""
+    return _wait_for(condition, what, timeout)
 
 
 def fetch(url: str) -> str:
@@ -273,11 +267,16 @@ class PrivilegeTests(MetricsDaemonCase):
                 f'[[listener.main.route]]\nmatch = "http"\nto = "web"\n'
                 f'[backend.web]\nservers = ["127.0.0.1:{nginx.port}"]\n')
         running = start_switchyard(self, text, listen, ("--uid=65534", "--gid=65534"))
-        # Its log file is opened before the switch to nobody as well.
+        # Its log file is opened before the switch to nobody as well. The
+        # port answers before twistd switches user: wait for the switch.
         wait_for_port(port, SETTLE, running.process)
-        with open(f"/proc/{running.process.pid}/status") as f:
-            uid_line = next(line for line in f if line.startswith("Uid:"))
-        self.assertEqual(uid_line.split()[1:], ["65534"] * 4)
+
+        def uids() -> list[str]:
+            with open(f"/proc/{running.process.pid}/status") as f:
+                return next(line for line in f if line.startswith("Uid:")).split()[1:]
+
+        wait_for(lambda: uids() != ["0"] * 4, "twistd to switch user", timeout=SETTLE)
+        self.assertEqual(uids(), ["65534"] * 4)
         self.assertIn("switchyard_connections_open", fetch(f"http://127.0.0.1:{port}/metrics"))
 
 

@@ -16,7 +16,7 @@ import warnings
 # (the warning is about the name's home, not about the cipher being used).
 warnings.filterwarnings("ignore", message=r"TripleDES has been moved", module=r"twisted\.conch\.")
 
-from switchyard.targets.tunnels.registry import (
+from switchyard.targets.tunnels.registry import (  # noqa: E402 (after the filter)
     Registry,
     TunnelDown,
     TunnelError,
@@ -24,8 +24,8 @@ from switchyard.targets.tunnels.registry import (
     TunnelRefused,
     TunnelTimeout,
 )
-from switchyard.targets.tunnels.server import TunnelServer
-from switchyard.targets.tunnels.settings import (
+from switchyard.targets.tunnels.server import TunnelServer  # noqa: E402
+from switchyard.targets.tunnels.settings import (  # noqa: E402
     ServerSettings,
     TunnelSpec,
     compile_server_settings,
