@@ -9,13 +9,13 @@ import pwd
 import signal
 import socket
 import subprocess
-import time
 from typing import Any
 
 from twisted.trial import unittest
 
 from tests import traffic
 from tests.daemon import REPO, TWISTD, env, run_twistd, start_switchyard, write_config
+from tests.helpers import wait_for
 from tests.peers import free_port, start_process
 
 ECHO = """
@@ -33,17 +33,6 @@ def echo_once(port: int, data: bytes = b"hello") -> bytes:
         s.sendall(data)
         s.shutdown(socket.SHUT_WR)
         return traffic.recv_all(s)
-
-
-def wait_for(condition: Any, what: str, timeout: float = 30) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 class HangupTests(unittest.TestCase):
