@@ -113,6 +113,13 @@ def _reassemble(data: bytes) -> tuple[bytes, int]:
     @return: the handshake bytes available (possibly fewer than needed) and
         the offset in C{data} just past the last record used.
     """
+    # Nearly every client sends its hello in one record: take that payload
+    # as it is, without the joining loop. The checks are the loop's own.
+    if len(data) >= 9 and data[0] == CONTENT_TYPE_HANDSHAKE and data[1] == 3 and data[2] <= 4:
+        length = (data[3] << 8) | data[4]
+        hello_end = 9 + int.from_bytes(data[6:9], "big")
+        if length <= MAX_RECORD_LENGTH and hello_end <= 5 + length and hello_end <= len(data):
+            return data[5 : 5 + length], min(5 + length, len(data))
     pos = 0
     # A bytearray keeps joining linear when a client sends tiny records.
     handshake = bytearray()
@@ -174,7 +181,10 @@ def _parse_alpn(data: bytes) -> tuple[str, ...]:
         pos = start + data[pos]
         if pos == start or pos > end:
             raise _Invalid()
-        protocols.append(printable(data[start:pos]))
+        name = data[start:pos].decode("latin-1")
+        # printable() would leave a printable name as it is, and real names
+        # ("h2", "http/1.1") all are: skip its per-character translation.
+        protocols.append(name if name.isprintable() else printable(data[start:pos]))
     return tuple(protocols)
 
 
@@ -185,8 +195,15 @@ def _parse_supported_versions(data: bytes) -> tuple[int, ...]:
     if end < 1 or data[0] < 2 or data[0] % 2 or data[0] != end - 1:
         raise _Invalid()
     # GREASE values (RFC 8701) are 0x?A?A and mean nothing.
-    return tuple(version for version in ((data[i] << 8) | data[i + 1] for i in range(1, end, 2))
-                 if version & 0x0F0F != 0x0A0A)
+    return tuple([version for (version,) in _UINT16.iter_unpack(data[1:])
+                  if version & 0x0F0F != 0x0A0A])
+
+
+_READ_EXTENSIONS = frozenset((EXT_SERVER_NAME, EXT_ALPN, EXT_SUPPORTED_VERSIONS))
+_UINT16 = struct.Struct("!H")
+_EXTENSION_HEADER = struct.Struct("!HH").unpack_from
+# Cipher suite lists come in a handful of lengths: their Structs, made once.
+_cipher_structs: dict[int, struct.Struct] = {}
 
 
 def _parse_hello(handshake: bytes, length: int) -> ClientHello:
@@ -232,7 +249,12 @@ def _parse_hello(handshake: bytes, length: int) -> ClientHello:
         raise _Invalid()
     if pos > have:
         raise _Short()
-    cipher_suites = struct.unpack(f"!{n // 2}H", handshake[start:pos])
+    suites = _cipher_structs.get(n)
+    if suites is None:
+        suites = struct.Struct(f"!{n // 2}H")
+        if len(_cipher_structs) < 64:  # bounded: lengths are the client's choice
+            _cipher_structs[n] = suites
+    cipher_suites = suites.unpack_from(handshake, start)
 
     # compression_methods<1..2^8-1>
     if pos + 1 > limit:
@@ -259,33 +281,34 @@ def _parse_hello(handshake: bytes, length: int) -> ClientHello:
         if pos + 2 > have:
             raise _Short()
         start = pos + 2
-        pos = start + ((handshake[pos] << 8) | handshake[pos + 1])
-        if pos != limit:
+        end = start + ((handshake[pos] << 8) | handshake[pos + 1])
+        if end != limit:
             raise _Invalid()
-        if pos > have:
+        if end > have:
             raise _Short()
-        raw = handshake[start:pos]
-        pos, end = 0, len(raw)
-        seen = set()
-        while pos < end:
-            if pos + 4 > end:
-                raise _Invalid()
-            ext_type = (raw[pos] << 8) | raw[pos + 1]
+        # The block is all here, so from now on anything amiss is _Invalid,
+        # whichever check finds it first.
+        pos = start
+        append = extensions.append
+        while pos + 4 <= end:
+            ext_type, ext_length = _EXTENSION_HEADER(handshake, pos)
             start = pos + 4
-            pos = start + ((raw[pos + 2] << 8) | raw[pos + 3])
-            if pos > end:
-                raise _Invalid()
-            ext_data = raw[start:pos]
-            if ext_type in seen:
-                raise _Invalid()  # RFC 8446 4.2: at most one of each type
-            seen.add(ext_type)
-            extensions.append((ext_type, ext_data))
-            if ext_type == EXT_SERVER_NAME:
-                sni = _parse_server_name(ext_data)
-            elif ext_type == EXT_ALPN:
-                alpn = _parse_alpn(ext_data)
-            elif ext_type == EXT_SUPPORTED_VERSIONS:
-                versions = _parse_supported_versions(ext_data) or versions
+            pos = start + ext_length
+            # An extension overrunning the block is caught below (pos != end);
+            # whatever its parser makes of the overrun is thrown away then.
+            ext_data = handshake[start:pos]
+            append((ext_type, ext_data))
+            if ext_type in _READ_EXTENSIONS:
+                if ext_type == EXT_SERVER_NAME:
+                    sni = _parse_server_name(ext_data)
+                elif ext_type == EXT_ALPN:
+                    alpn = _parse_alpn(ext_data)
+                else:
+                    versions = _parse_supported_versions(ext_data) or versions
+        if pos != end:
+            raise _Invalid()  # a partial extension header, or an overrun
+        if len(dict(extensions)) != len(extensions):
+            raise _Invalid()  # RFC 8446 4.2: at most one of each type
 
     return ClientHello(
         legacy_version=legacy_version,
