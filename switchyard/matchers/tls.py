@@ -42,13 +42,13 @@ class TLSMatcher:
             return NO
         if self.alpn is not None and self.alpn.isdisjoint(hello.alpn):
             return NO
-        if hello.highest_version < self.min_version:
+        highest = hello.highest_version
+        if highest < self.min_version:
             return NO
         # sni is always there, None when the client sent no name: the
         # access log then says "sni=none", the answer to the classic
         # "why did this old client get the default certificate?".
-        found: dict[str, Any] = {"sni": hello.sni,
-                                 "tls_version": version_name(hello.highest_version)}
+        found: dict[str, Any] = {"sni": hello.sni, "tls_version": version_name(highest)}
         if hello.alpn:
             found["alpn"] = list(hello.alpn)
         return Match(facts=found)

@@ -11,7 +11,6 @@ become one (NO).
 
 from __future__ import annotations
 
-import functools
 import struct
 from typing import Union
 
@@ -323,10 +322,7 @@ def _parse_hello(handshake: bytes, length: int) -> ClientHello:
     )
 
 
-@functools.lru_cache(maxsize=64)
-def _parse_cached(data: bytes) -> Union[ClientHello, Verdict]:
-    # Several routes usually ask about the same buffer; bytes cache their
-    # hash, so a hit costs one dictionary lookup.
+def _parse(data: bytes) -> Union[ClientHello, Verdict]:
     try:
         handshake, length = _reassemble(data)
         return _parse_hello(handshake, length)
@@ -334,6 +330,13 @@ def _parse_cached(data: bytes) -> Union[ClientHello, Verdict]:
         return NEED_MORE
     except _Invalid:
         return NO
+
+
+# Several routes usually ask about the same buffer, and the switch hands
+# each of them the very same bytes object: remembering the last one by
+# identity makes a repeat free and a first parse pay nothing for hashing.
+# The entry holds a reference, so the identity cannot be reused meanwhile.
+_last: tuple[bytes, Union[ClientHello, Verdict]] = (b"", NEED_MORE)
 
 
 def parse_client_hello(data: bytes | bytearray | memoryview) -> Union[ClientHello, Verdict]:
@@ -349,6 +352,13 @@ def parse_client_hello(data: bytes | bytearray | memoryview) -> Union[ClientHell
         # The common non-TLS case: answer without touching the cache, so
         # HTTP or SSH openings do not evict hellos other routes still want.
         return NEED_MORE if not data else NO
-    return _parse_cached(bytes(data))
+    global _last
+    last = _last
+    if data is last[0]:
+        return last[1]
+    data = bytes(data)
+    result = _parse(data)
+    _last = (data, result)
+    return result
 
 
