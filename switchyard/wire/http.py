@@ -11,7 +11,6 @@ they cannot be. Header lines are checked the same way as they arrive:
 
 from __future__ import annotations
 
-import functools
 import re
 from typing import Union
 
@@ -31,21 +30,31 @@ TCHAR = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]"
 _TARGET_CHAR = rb"[\x21-\x7e\x80-\xff]"
 _VALUE_CHAR = rb"[\t\x20-\x7e\x80-\xff]"
 
-_REQUEST_LINE = re.compile(
-    rb"(%s{1,%d}) (%s+) HTTP/1\.([0-9])\r\n" % (TCHAR, MAX_METHOD, _TARGET_CHAR)
-)
 _REQUEST_LINE_PREFIX = re.compile(
     rb"%s{0,%d}|%s{1,%d} %s*|%s{1,%d} %s+ (?:H(?:T(?:T(?:P(?:/(?:1(?:\.(?:[0-9]\r?)?)?)?)?)?)?)?)?"
     % (TCHAR, MAX_METHOD, TCHAR, MAX_METHOD, _TARGET_CHAR, TCHAR, MAX_METHOD, _TARGET_CHAR)
 )
-_HEADER_LINE = re.compile(rb"(%s+):(%s*)" % (TCHAR, _VALUE_CHAR))
+# The request line and every complete, valid header line after it, in one
+# match: what the match leaves unread decides whether the block is complete.
+_HEAD = re.compile(
+    rb"(%s{1,%d}) (%s+) HTTP/1\.([0-9])\r\n((?:%s+:%s*\r\n)*)"
+    % (TCHAR, MAX_METHOD, _TARGET_CHAR, TCHAR, _VALUE_CHAR)
+)
+# A header field of a block _HEAD accepted, on its Latin-1 text (decoded
+# once for the whole block; the byte classes mean the same code points).
+_FIELD = re.compile((rb"(%s+):(%s*)\r\n" % (TCHAR, _VALUE_CHAR)).decode("latin-1"))
 _HEADER_LINE_PREFIX = re.compile(rb"\r|%s*|%s+:%s*\r?" % (TCHAR, TCHAR, _VALUE_CHAR))
-_FIRST_BYTE = re.compile(TCHAR)
+# The bytes a request can start with (a method's): a set, as the one check
+# every non-HTTP opening goes through.
+_FIRST_BYTES = frozenset(i for i in range(256) if re.fullmatch(TCHAR, bytes([i])))
 
 _ABSOLUTE_FORM = re.compile(r"([A-Za-z][A-Za-z0-9+.\-]*)://([^/?#]*)([^?#]*)(?:[?#].*)?")
 _PORT = re.compile(r"[0-9]*")
 _REG_NAME = re.compile(r"[A-Za-z0-9._~!$&'()*+,;=%\-]+")
 _IPV6 = re.compile(r"[0-9A-Fa-f:.]+")
+# The usual authority, a reg-name with an optional port (and userinfo), in
+# one match; split_authority's steps decide everything else.
+_NAME_AUTHORITY = re.compile(r"(?:.*@)?([A-Za-z0-9._~!$&'()*+,;=%\-]+)(?::[0-9]*)?", re.DOTALL)
 
 
 def split_authority(authority: str) -> str | None:
@@ -55,6 +64,9 @@ def split_authority(authority: str) -> str | None:
 
     @return: the host, or C{None} if the authority is empty or malformed.
     """
+    usual = _NAME_AUTHORITY.fullmatch(authority)
+    if usual is not None:
+        return usual.group(1)
     authority = authority.rpartition("@")[2]
     if authority.startswith("["):
         host, bracket, port = authority[1:].partition("]")
@@ -122,9 +134,12 @@ class RequestHead:
         return split_authority(hosts[0])
 
 
+_PATH_END = re.compile(r"[?#]")
+
+
 def _target_path(target: str) -> str:
     if target.startswith("/"):
-        return re.split(r"[?#]", target, maxsplit=1)[0]
+        return _PATH_END.split(target, maxsplit=1)[0]
     if target == "*":
         return target
     absolute = _ABSOLUTE_FORM.fullmatch(target)
@@ -133,48 +148,40 @@ def _target_path(target: str) -> str:
     return ""
 
 
-@functools.lru_cache(maxsize=64)
-def _parse_cached(data: bytes) -> Union[RequestHead, Verdict]:
-    # Like the TLS parse, shared by every http route asked about a buffer.
-    line_end = data.find(b"\r\n", 0, MAX_REQUEST_LINE)
-    if line_end < 0:
-        if len(data) < MAX_REQUEST_LINE and _REQUEST_LINE_PREFIX.fullmatch(data):
+def _parse(data: bytes) -> Union[RequestHead, Verdict]:
+    head = _HEAD.match(data)
+    if head is None or head.end(3) + 2 > MAX_REQUEST_LINE:
+        # No whole request line within the limit: too early, or never.
+        line_end = data.find(b"\r\n", 0, MAX_REQUEST_LINE)
+        if line_end < 0 and len(data) < MAX_REQUEST_LINE and _REQUEST_LINE_PREFIX.fullmatch(data):
             return NEED_MORE
         return NO
-    line = _REQUEST_LINE.fullmatch(data, 0, line_end + 2)
-    if line is None:
-        return NO
-
-    headers = []
+    pos = head.end()
     body_offset: int | None = None
-    pos = line_end + 2
-    while True:
-        end = data.find(b"\r\n", pos)
-        if end < 0:
-            if not _HEADER_LINE_PREFIX.fullmatch(data, pos):
-                return NO
-            break
-        if end == pos:
-            body_offset = end + 2
-            break
-        field = _HEADER_LINE.fullmatch(data, pos, end)
-        if field is None:
-            return NO
-        headers.append(
-            (field.group(1).decode("ascii").lower(), field.group(2).decode("latin-1").strip(" \t"))
-        )
-        pos = end + 2
-
-    target = line.group(2).decode("latin-1")
+    if data.startswith(b"\r\n", pos):
+        body_offset = pos + 2
+    elif data.find(b"\r\n", pos) >= 0 or not _HEADER_LINE_PREFIX.fullmatch(data, pos):
+        # A complete line _HEAD did not take is malformed; so is a partial
+        # one that cannot become a header line.
+        return NO
+    method, target_bytes, digit, fields = head.groups()
+    target = target_bytes.decode("latin-1")
     return RequestHead(
-        method=line.group(1).decode("ascii"),
+        method=method.decode("ascii"),
         target=target,
         path=_target_path(target),
-        version="1." + line.group(3).decode("ascii"),
-        headers=tuple(headers),
+        version="1." + digit.decode("ascii"),
+        headers=tuple([(name.lower(), value.strip(" \t"))
+                       for name, value in _FIELD.findall(fields.decode("latin-1"))]),
         header_complete=body_offset is not None,
         body_offset=body_offset,
     )
+
+
+# As for TLS: the switch hands every route the same bytes object, so the
+# last one, remembered by identity (and kept alive by the reference), is
+# a free repeat for the routes after the first.
+_last: tuple[bytes, Union[RequestHead, Verdict]] = (b"", NEED_MORE)
 
 
 def parse_request_head(data: bytes | bytearray | memoryview) -> Union[RequestHead, Verdict]:
@@ -190,11 +197,19 @@ def parse_request_head(data: bytes | bytearray | memoryview) -> Union[RequestHea
     """
     if not data:
         return NEED_MORE
-    if not _FIRST_BYTE.fullmatch(data, 0, 1):
+    if data[0] not in _FIRST_BYTES:
         # Most non-HTTP openings (TLS, SSH binary, PROXY v2) end here,
         # without a cache entry.
         return NO
-    return _parse_cached(bytes(data))
+    global _last
+    last = _last
+    if data is last[0]:
+        return last[1]
+    if type(data) is not bytes:
+        data = bytes(data)
+    result = _parse(data)
+    _last = (data, result)
+    return result
 
 
 def header_tokens(head: RequestHead, name: str) -> frozenset[str]:

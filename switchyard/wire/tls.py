@@ -356,7 +356,8 @@ def parse_client_hello(data: bytes | bytearray | memoryview) -> Union[ClientHell
     last = _last
     if data is last[0]:
         return last[1]
-    data = bytes(data)
+    if type(data) is not bytes:
+        data = bytes(data)
     result = _parse(data)
     _last = (data, result)
     return result
