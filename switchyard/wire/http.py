@@ -40,9 +40,6 @@ _HEAD = re.compile(
     rb"(%s{1,%d}) (%s+) HTTP/1\.([0-9])\r\n((?:%s+:%s*\r\n)*)"
     % (TCHAR, MAX_METHOD, _TARGET_CHAR, TCHAR, _VALUE_CHAR)
 )
-# A header field of a block _HEAD accepted, on its Latin-1 text (decoded
-# once for the whole block; the byte classes mean the same code points).
-_FIELD = re.compile((rb"(%s+):(%s*)\r\n" % (TCHAR, _VALUE_CHAR)).decode("latin-1"))
 _HEADER_LINE_PREFIX = re.compile(rb"\r|%s*|%s+:%s*\r?" % (TCHAR, TCHAR, _VALUE_CHAR))
 # The bytes a request can start with (a method's): a set, as the one check
 # every non-HTTP opening goes through.
@@ -164,15 +161,22 @@ def _parse(data: bytes) -> Union[RequestHead, Verdict]:
         # A complete line _HEAD did not take is malformed; so is a partial
         # one that cannot become a header line.
         return NO
-    method, target_bytes, digit, fields = head.groups()
+    method, target_bytes, digit, block = head.groups()
     target = target_bytes.decode("latin-1")
+    # _HEAD checked every line: "name:value" CRLF, the name without ':', no
+    # CR or LF inside. So the block's text splits without a second match.
+    lines = block.decode("latin-1").split("\r\n")
+    lines.pop()  # after the last CRLF
+    headers = []
+    for line in lines:
+        name, _, value = line.partition(":")
+        headers.append((name.lower(), value.strip(" \t")))
     return RequestHead(
         method=method.decode("ascii"),
         target=target,
         path=_target_path(target),
         version="1." + digit.decode("ascii"),
-        headers=tuple([(name.lower(), value.strip(" \t"))
-                       for name, value in _FIELD.findall(fields.decode("latin-1"))]),
+        headers=tuple(headers),
         header_complete=body_offset is not None,
         body_offset=body_offset,
     )
