@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import functools
 import struct
-from typing import Union
+from typing import Any, Literal, Union, cast, overload
 
 import attr
 
@@ -67,13 +67,22 @@ class ClientHello:
     @property
     def highest_version(self) -> int:
         """The highest TLS version offered (e.g. 0x0304)."""
-        # A plain loop: a comprehension and max() cost three times as much,
-        # and every tls route match asks.
-        highest = -1
-        for version in self.versions:
-            if version >> 8 == 3 and version > highest:
-                highest = version
-        return highest if highest >= 0 else self.legacy_version
+        return _highest_version(self.versions, self.legacy_version)
+
+
+Offer = tuple[str | None, tuple[str, ...], int]
+"""What a tls route decides on: (sni, alpn, highest_version) as in
+L{ClientHello}. L{hello_offer} gives it without building the rest."""
+
+
+def _highest_version(versions: tuple[int, ...], legacy_version: int) -> int:
+    # A plain loop: a comprehension and max() cost three times as much, and
+    # every tls route match asks.
+    highest = -1
+    for version in versions:
+        if version >> 8 == 3 and version > highest:
+            highest = version
+    return highest if highest >= 0 else legacy_version
 
 
 @functools.lru_cache(maxsize=16)  # every tls match names its version: a few distinct ones
@@ -212,7 +221,14 @@ _EXTENSION_HEADER = struct.Struct("!HH").unpack_from
 _cipher_structs: dict[int, struct.Struct] = {}
 
 
-def _parse_hello(handshake: bytes, length: int) -> ClientHello:
+@overload
+def _parse_hello(handshake: bytes, length: int, whole: Literal[True]) -> ClientHello: ...
+@overload
+def _parse_hello(handshake: bytes, length: int, whole: Literal[False]) -> Offer: ...
+def _parse_hello(handshake: bytes, length: int, whole: bool) -> Union[ClientHello, Offer]:
+    # Every check runs whether or not the whole hello is wanted (C{whole}),
+    # so both answer NO and NEED_MORE alike; an Offer only skips building
+    # the parts a tls route never reads (cipher suites, extension bodies).
     # Read with plain indexes (a cursor object cost a third of the parse).
     # Each field: past the hello's own length is malformed (_Invalid),
     # past the bytes so far merely early (_Short), checked in that order.
@@ -255,12 +271,13 @@ def _parse_hello(handshake: bytes, length: int) -> ClientHello:
         raise _Invalid()
     if pos > have:
         raise _Short()
-    suites = _cipher_structs.get(n)
-    if suites is None:
-        suites = struct.Struct(f"!{n // 2}H")
-        if len(_cipher_structs) < 64:  # bounded: lengths are the client's choice
-            _cipher_structs[n] = suites
-    cipher_suites = suites.unpack_from(handshake, start)
+    if whole:
+        suites = _cipher_structs.get(n)
+        if suites is None:
+            suites = struct.Struct(f"!{n // 2}H")
+            if len(_cipher_structs) < 64:  # bounded: lengths are the client's choice
+                _cipher_structs[n] = suites
+        cipher_suites = suites.unpack_from(handshake, start)
 
     # compression_methods<1..2^8-1>
     if pos + 1 > limit:
@@ -275,7 +292,7 @@ def _parse_hello(handshake: bytes, length: int) -> ClientHello:
         raise _Short()
     compression_methods = handshake[start:pos]
 
-    extensions: list[tuple[int, bytes]] = []
+    found: list[Any] = []  # (type, body) of each extension, or just the types
     sni: str | None = None
     alpn: tuple[str, ...] = ()
     versions: tuple[int, ...] = (legacy_version,)
@@ -295,16 +312,16 @@ def _parse_hello(handshake: bytes, length: int) -> ClientHello:
         # The block is all here, so from now on anything amiss is _Invalid,
         # whichever check finds it first.
         pos = start
-        append = extensions.append
+        add = found.append
         while pos + 4 <= end:
             ext_type, ext_length = _EXTENSION_HEADER(handshake, pos)
             start = pos + 4
             pos = start + ext_length
             # An extension overrunning the block is caught below (pos != end);
             # whatever its parser makes of the overrun is thrown away then.
-            ext_data = handshake[start:pos]
-            append((ext_type, ext_data))
+            add((ext_type, handshake[start:pos]) if whole else ext_type)
             if ext_type in _READ_EXTENSIONS:
+                ext_data = handshake[start:pos]
                 if ext_type == EXT_SERVER_NAME:
                     sni = _parse_server_name(ext_data)
                 elif ext_type == EXT_ALPN:
@@ -313,15 +330,17 @@ def _parse_hello(handshake: bytes, length: int) -> ClientHello:
                     versions = _parse_supported_versions(ext_data) or versions
         if pos != end:
             raise _Invalid()  # a partial extension header, or an overrun
-        if len(dict(extensions)) != len(extensions):
+        if len(dict(found) if whole else set(found)) != len(found):
             raise _Invalid()  # RFC 8446 4.2: at most one of each type
 
+    if not whole:
+        return sni, alpn, _highest_version(versions, legacy_version)
     return ClientHello(
         legacy_version=legacy_version,
         session_id=session_id,
         cipher_suites=cipher_suites,
         compression_methods=compression_methods,
-        extensions=tuple(extensions),
+        extensions=tuple(found),
         sni=sni,
         alpn=alpn,
         versions=versions,
@@ -329,10 +348,12 @@ def _parse_hello(handshake: bytes, length: int) -> ClientHello:
     )
 
 
-def _parse(data: bytes) -> Union[ClientHello, Verdict]:
+def _parse(data: bytes, whole: bool) -> Union[ClientHello, Offer, Verdict]:
     try:
         handshake, length = _reassemble(data)
-        return _parse_hello(handshake, length)
+        if whole:
+            return _parse_hello(handshake, length, True)
+        return _parse_hello(handshake, length, False)
     except _Short:
         return NEED_MORE
     except _Invalid:
@@ -343,7 +364,24 @@ def _parse(data: bytes) -> Union[ClientHello, Verdict]:
 # each of them the very same bytes object: remembering the last one by
 # identity makes a repeat free and a first parse pay nothing for hashing.
 # The entry holds a reference, so the identity cannot be reused meanwhile.
-_last: tuple[bytes, Union[ClientHello, Verdict]] = (b"", NEED_MORE)
+_last: tuple[bytes, Union[ClientHello, Offer, Verdict]] = (b"", NEED_MORE)
+
+
+def _parse_cached(data: bytes | bytearray | memoryview,
+                  whole: bool) -> Union[ClientHello, Offer, Verdict]:
+    if data[:1] != b"\x16":
+        # The common non-TLS case: answer without touching the cache, so
+        # HTTP or SSH openings do not evict hellos other routes still want.
+        return NEED_MORE if not data else NO
+    global _last
+    last = _last
+    if data is last[0] and not (whole and isinstance(last[1], tuple)):
+        return last[1]  # (an Offer is not enough for the whole hello)
+    if type(data) is not bytes:
+        data = bytes(data)
+    result = _parse(data, whole)
+    _last = (data, result)
+    return result
 
 
 def parse_client_hello(data: bytes | bytearray | memoryview) -> Union[ClientHello, Verdict]:
@@ -355,18 +393,17 @@ def parse_client_hello(data: bytes | bytearray | memoryview) -> Union[ClientHell
         a valid prefix of one; L{NO} when it cannot become one. Bytes after
         the hello are ignored. Never raises.
     """
-    if data[:1] != b"\x16":
-        # The common non-TLS case: answer without touching the cache, so
-        # HTTP or SSH openings do not evict hellos other routes still want.
-        return NEED_MORE if not data else NO
-    global _last
-    last = _last
-    if data is last[0]:
-        return last[1]
-    if type(data) is not bytes:
-        data = bytes(data)
-    result = _parse(data)
-    _last = (data, result)
+    # Asked for the whole hello, _parse_cached never gives an Offer.
+    return cast(Union[ClientHello, Verdict], _parse_cached(data, True))
+
+
+def hello_offer(data: bytes | bytearray | memoryview) -> Union[Offer, Verdict]:
+    """
+    The L{Offer} of the TLS ClientHello at the start of C{data}: the same
+    answer as L{parse_client_hello} (same NEED_MORE and NO), with only
+    what a route decides on, for less work.
+    """
+    result = _parse_cached(data, False)
+    if isinstance(result, ClientHello):  # the cache's, for another route
+        return result.sni, result.alpn, result.highest_version
     return result
-
-
