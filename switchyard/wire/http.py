@@ -174,14 +174,15 @@ def _parse(data: bytes) -> Union[RequestHead, Verdict]:
     for line in lines:
         name, _, value = line.partition(":")
         headers.append((name.lower(), value.strip(" \t")))
+    # Positional, in field order: keywords cost a third of the call.
     return RequestHead(
-        method=method.decode("ascii"),
-        target=target,
-        path=_target_path(target),
-        version="1." + digit.decode("ascii"),
-        headers=tuple(headers),
-        header_complete=body_offset is not None,
-        body_offset=body_offset,
+        method.decode("ascii"),  # method
+        target,  # target
+        _target_path(target),  # path
+        "1." + digit.decode("ascii"),  # version
+        tuple(headers),  # headers
+        body_offset is not None,  # header_complete
+        body_offset,  # body_offset
     )
 
 

@@ -335,16 +335,17 @@ def _parse_hello(handshake: bytes, length: int, whole: bool) -> Union[ClientHell
 
     if not whole:
         return sni, alpn, _highest_version(versions, legacy_version)
+    # Positional, in field order: keywords cost a third of the call.
     return ClientHello(
-        legacy_version=legacy_version,
-        session_id=session_id,
-        cipher_suites=cipher_suites,
-        compression_methods=compression_methods,
-        extensions=tuple(found),
-        sni=sni,
-        alpn=alpn,
-        versions=versions,
-        length=length,
+        legacy_version,  # legacy_version
+        session_id,  # session_id
+        cipher_suites,  # cipher_suites
+        compression_methods,  # compression_methods
+        tuple(found),  # extensions
+        sni,  # sni
+        alpn,  # alpn
+        versions,  # versions
+        length,  # length
     )
 
 
