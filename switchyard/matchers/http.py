@@ -63,7 +63,7 @@ class HTTPMatcher:
             found["path"] = head.path
         if host is not None:
             found["host"] = host
-        return Match(facts=found)
+        return Match(found)
 
     def explain(self, data: bytes, facts: Mapping[str, Any]) -> str:
         head = parse_request_head(data)

@@ -58,7 +58,7 @@ class TLSMatcher:
         found: dict[str, Any] = {"sni": sni, "tls_version": version_name(highest)}
         if alpn:
             found["alpn"] = list(alpn)
-        return Match(facts=found)
+        return Match(found)
 
     def explain(self, data: bytes, facts: Mapping[str, Any]) -> str:
         hello = parse_client_hello(data)
