@@ -12,7 +12,7 @@ they cannot be. Header lines are checked the same way as they arrive:
 from __future__ import annotations
 
 import re
-from typing import Union
+from typing import Union, cast
 
 import attr
 
@@ -127,13 +127,23 @@ class RequestHead:
         field. C{None} when absent, empty, malformed or repeated (a request
         with two Host fields must be refused, RFC 9112 3.2).
         """
-        absolute = _ABSOLUTE_FORM.fullmatch(self.target)
-        if absolute:
-            return split_authority(absolute.group(2))
-        hosts = self.header_values("host")
-        if len(hosts) != 1:
-            return None
-        return split_authority(hosts[0])
+        return _request_host(self.target, self.header_values("host"))
+
+
+Offer = tuple[str, str, str, Union[str, None], bool]
+"""What an http route decides on: (method, path, version, host,
+header_complete) as in L{RequestHead}, host C{None} until the header block
+is complete. L{request_offer} gives it without building the rest."""
+
+
+def _request_host(target: str, hosts: list[str]) -> str | None:
+    # RequestHead.host, from the target and the values of the Host fields.
+    absolute = _ABSOLUTE_FORM.fullmatch(target)
+    if absolute:
+        return split_authority(absolute.group(2))
+    if len(hosts) != 1:
+        return None
+    return split_authority(hosts[0])
 
 
 def _target_path(target: str) -> str:
@@ -148,7 +158,10 @@ def _target_path(target: str) -> str:
     return ""
 
 
-def _parse(data: bytes) -> Union[RequestHead, Verdict]:
+def _parse(data: bytes, whole: bool) -> Union[RequestHead, Offer, Verdict]:
+    # Every check runs whether or not the whole head is wanted (C{whole}),
+    # so both answer NO and NEED_MORE alike; an Offer only skips building
+    # what an http route never reads (the fields other than Host).
     head = _HEAD.match(data)
     if head is None or head.end(3) + 2 > MAX_REQUEST_LINE:
         # No whole request line within the limit: too early, or never.
@@ -170,6 +183,17 @@ def _parse(data: bytes) -> Union[RequestHead, Verdict]:
     # CR or LF inside. So the block's text splits without a second match.
     lines = block.decode("latin-1").split("\r\n")
     lines.pop()  # after the last CRLF
+    if not whole:
+        host = None
+        if body_offset is not None:
+            hosts = []
+            for line in lines:
+                name, _, value = line.partition(":")
+                if name.lower() == "host":
+                    hosts.append(value.strip(" \t"))
+            host = _request_host(target, hosts)
+        return (method.decode("ascii"), _target_path(target), "1." + digit.decode("ascii"),
+                host, body_offset is not None)
     headers = []
     for line in lines:
         name, _, value = line.partition(":")
@@ -189,7 +213,26 @@ def _parse(data: bytes) -> Union[RequestHead, Verdict]:
 # As for TLS: the switch hands every route the same bytes object, so the
 # last one, remembered by identity (and kept alive by the reference), is
 # a free repeat for the routes after the first.
-_last: tuple[bytes, Union[RequestHead, Verdict]] = (b"", NEED_MORE)
+_last: tuple[bytes, Union[RequestHead, Offer, Verdict]] = (b"", NEED_MORE)
+
+
+def _parse_cached(data: bytes | bytearray | memoryview,
+                  whole: bool) -> Union[RequestHead, Offer, Verdict]:
+    if not data:
+        return NEED_MORE
+    if data[0] not in _FIRST_BYTES:
+        # Most non-HTTP openings (TLS, SSH binary, PROXY v2) end here,
+        # without a cache entry.
+        return NO
+    global _last
+    last = _last
+    if data is last[0] and not (whole and isinstance(last[1], tuple)):
+        return last[1]  # (an Offer is not enough for the whole head)
+    if type(data) is not bytes:
+        data = bytes(data)
+    result = _parse(data, whole)
+    _last = (data, result)
+    return result
 
 
 def parse_request_head(data: bytes | bytearray | memoryview) -> Union[RequestHead, Verdict]:
@@ -203,20 +246,20 @@ def parse_request_head(data: bytes | bytearray | memoryview) -> Union[RequestHea
         L{NO} when the line, or any header line so far, is malformed.
         Never raises.
     """
-    if not data:
-        return NEED_MORE
-    if data[0] not in _FIRST_BYTES:
-        # Most non-HTTP openings (TLS, SSH binary, PROXY v2) end here,
-        # without a cache entry.
-        return NO
-    global _last
-    last = _last
-    if data is last[0]:
-        return last[1]
-    if type(data) is not bytes:
-        data = bytes(data)
-    result = _parse(data)
-    _last = (data, result)
+    # Asked for the whole head, _parse_cached never gives an Offer.
+    return cast(Union[RequestHead, Verdict], _parse_cached(data, True))
+
+
+def request_offer(data: bytes | bytearray | memoryview) -> Union[Offer, Verdict]:
+    """
+    The L{Offer} of the HTTP/1.x request head at the start of C{data}: the
+    same answer as L{parse_request_head} (same NEED_MORE and NO), with only
+    what a route decides on, for less work.
+    """
+    result = _parse_cached(data, False)
+    if isinstance(result, RequestHead):  # the cache's, for another route
+        host = result.host if result.header_complete else None
+        return result.method, result.path, result.version, host, result.header_complete
     return result
 
 
