@@ -370,10 +370,9 @@ _last: tuple[bytes, Union[ClientHello, Offer, Verdict]] = (b"", NEED_MORE)
 
 def _parse_cached(data: bytes | bytearray | memoryview,
                   whole: bool) -> Union[ClientHello, Offer, Verdict]:
-    if data[:1] != b"\x16":
-        # The common non-TLS case: answer without touching the cache, so
-        # HTTP or SSH openings do not evict hellos other routes still want.
-        return NEED_MORE if not data else NO
+    # The callers have answered the common non-TLS case (first byte not
+    # 0x16) themselves, one call sooner, and without touching the cache,
+    # so HTTP or SSH openings do not evict a hello other routes still want.
     global _last
     last = _last
     if data is last[0] and not (whole and isinstance(last[1], tuple)):
@@ -394,6 +393,8 @@ def parse_client_hello(data: bytes | bytearray | memoryview) -> Union[ClientHell
         a valid prefix of one; L{NO} when it cannot become one. Bytes after
         the hello are ignored. Never raises.
     """
+    if data[:1] != b"\x16":
+        return NEED_MORE if not data else NO
     # Asked for the whole hello, _parse_cached never gives an Offer.
     return cast(Union[ClientHello, Verdict], _parse_cached(data, True))
 
@@ -404,6 +405,8 @@ def hello_offer(data: bytes | bytearray | memoryview) -> Union[Offer, Verdict]:
     answer as L{parse_client_hello} (same NEED_MORE and NO), with only
     what a route decides on, for less work.
     """
+    if data[:1] != b"\x16":  # as in parse_client_hello
+        return NEED_MORE if not data else NO
     result = _parse_cached(data, False)
     if isinstance(result, ClientHello):  # the cache's, for another route
         return result.sni, result.alpn, result.highest_version
