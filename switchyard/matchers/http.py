@@ -31,7 +31,14 @@ from switchyard.interfaces import (
 from switchyard.matchers.reasons import name_refused, one_of, preview, quote, request_problem
 from switchyard.names import NamePredicate
 from switchyard.options import Options
-from switchyard.wire.http import H2_PREFACE, MAX_METHOD, TCHAR, RequestHead, parse_request_head
+from switchyard.wire.http import (
+    H2_PREFACE,
+    MAX_METHOD,
+    TCHAR,
+    RequestHead,
+    parse_request_head,
+    request_offer,
+)
 
 
 @implementer(IExplainingMatcher)
@@ -45,25 +52,26 @@ class HTTPMatcher:
     host_patterns: tuple[str, ...] = attr.ib(default=(), eq=False)  # as written, for reasons
 
     def match(self, data: bytes, facts: Mapping[str, Any]) -> MatchResult:
-        head = parse_request_head(data)
-        if not isinstance(head, RequestHead):
-            return head
-        if self.methods is not None and head.method not in self.methods:
+        # Only what the conditions and facts need: not a whole RequestHead.
+        offer = request_offer(data)
+        if not isinstance(offer, tuple):
+            return offer
+        method, path, version, host, complete = offer
+        if self.methods is not None and method not in self.methods:
             return NO
-        if self.paths is not None and not head.path.startswith(self.paths):
+        if self.paths is not None and not path.startswith(self.paths):
             return NO
-        host = head.host if head.header_complete else None
         if self.host is not None:
-            if not head.header_complete:
+            if not complete:
                 return NEED_MORE
             if host is None or not self.host(host):
                 return NO
-        found: dict[str, Any] = {"method": head.method, "version": head.version}
-        if head.path:
-            found["path"] = head.path
+        found: dict[str, Any] = {"method": method, "version": version}
+        if path:
+            found["path"] = path
         if host is not None:
             found["host"] = host
-        return Match(facts=found)
+        return Match(found)
 
     def explain(self, data: bytes, facts: Mapping[str, Any]) -> str:
         head = parse_request_head(data)

@@ -20,7 +20,13 @@ from switchyard.interfaces import (
 from switchyard.matchers.reasons import hello_problem, name_refused, one_of
 from switchyard.names import NamePredicate
 from switchyard.options import Options
-from switchyard.wire.tls import VERSIONS, ClientHello, parse_client_hello, version_name
+from switchyard.wire.tls import (
+    VERSIONS,
+    ClientHello,
+    hello_offer,
+    parse_client_hello,
+    version_name,
+)
 
 
 @implementer(IExplainingMatcher)
@@ -35,23 +41,24 @@ class TLSMatcher:
     sni_patterns: tuple[str, ...] = attr.ib(default=(), eq=False)  # as written, for reasons
 
     def match(self, data: bytes, facts: Mapping[str, Any]) -> MatchResult:
-        hello = parse_client_hello(data)
-        if not isinstance(hello, ClientHello):
-            return hello
-        if not self._name_ok(hello.sni):
+        # Only what the conditions and facts need: not a whole ClientHello.
+        offer = hello_offer(data)
+        if not isinstance(offer, tuple):
+            return offer
+        sni, alpn, highest = offer
+        if not self._name_ok(sni):
             return NO
-        if self.alpn is not None and self.alpn.isdisjoint(hello.alpn):
+        if self.alpn is not None and self.alpn.isdisjoint(alpn):
             return NO
-        if hello.highest_version < self.min_version:
+        if highest < self.min_version:
             return NO
         # sni is always there, None when the client sent no name: the
         # access log then says "sni=none", the answer to the classic
         # "why did this old client get the default certificate?".
-        found: dict[str, Any] = {"sni": hello.sni,
-                                 "tls_version": version_name(hello.highest_version)}
-        if hello.alpn:
-            found["alpn"] = list(hello.alpn)
-        return Match(facts=found)
+        found: dict[str, Any] = {"sni": sni, "tls_version": version_name(highest)}
+        if alpn:
+            found["alpn"] = list(alpn)
+        return Match(found)
 
     def explain(self, data: bytes, facts: Mapping[str, Any]) -> str:
         hello = parse_client_hello(data)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import functools
 import struct
-from typing import Union
+from typing import Any, Literal, Union, cast, overload
 
 import attr
 
@@ -67,10 +67,25 @@ class ClientHello:
     @property
     def highest_version(self) -> int:
         """The highest TLS version offered (e.g. 0x0304)."""
-        known = [v for v in self.versions if v >> 8 == 3]
-        return max(known) if known else self.legacy_version
+        return _highest_version(self.versions, self.legacy_version)
 
 
+Offer = tuple[str | None, tuple[str, ...], int]
+"""What a tls route decides on: (sni, alpn, highest_version) as in
+L{ClientHello}. L{hello_offer} gives it without building the rest."""
+
+
+def _highest_version(versions: tuple[int, ...], legacy_version: int) -> int:
+    # A plain loop: a comprehension and max() cost three times as much, and
+    # every tls route match asks.
+    highest = -1
+    for version in versions:
+        if version >> 8 == 3 and version > highest:
+            highest = version
+    return highest if highest >= 0 else legacy_version
+
+
+@functools.lru_cache(maxsize=16)  # every tls match names its version: a few distinct ones
 def version_name(version: int) -> str:
     """Name a wire version the way people do: 0x0303 is "1.2", 0x0300 "ssl3"."""
     major, minor = version >> 8, version & 0xFF
@@ -113,6 +128,13 @@ def _reassemble(data: bytes) -> tuple[bytes, int]:
     @return: the handshake bytes available (possibly fewer than needed) and
         the offset in C{data} just past the last record used.
     """
+    # Nearly every client sends its hello in one record: take that payload
+    # as it is, without the joining loop. The checks are the loop's own.
+    if len(data) >= 9 and data[0] == CONTENT_TYPE_HANDSHAKE and data[1] == 3 and data[2] <= 4:
+        length = (data[3] << 8) | data[4]
+        hello_end = 9 + int.from_bytes(data[6:9], "big")
+        if length <= MAX_RECORD_LENGTH and hello_end <= 5 + length and hello_end <= len(data):
+            return data[5 : 5 + length], min(5 + length, len(data))
     pos = 0
     # A bytearray keeps joining linear when a client sends tiny records.
     handshake = bytearray()
@@ -174,7 +196,10 @@ def _parse_alpn(data: bytes) -> tuple[str, ...]:
         pos = start + data[pos]
         if pos == start or pos > end:
             raise _Invalid()
-        protocols.append(printable(data[start:pos]))
+        name = data[start:pos].decode("latin-1")
+        # printable() would leave a printable name as it is, and real names
+        # ("h2", "http/1.1") all are: skip its per-character translation.
+        protocols.append(name if name.isprintable() else printable(data[start:pos]))
     return tuple(protocols)
 
 
@@ -185,11 +210,25 @@ def _parse_supported_versions(data: bytes) -> tuple[int, ...]:
     if end < 1 or data[0] < 2 or data[0] % 2 or data[0] != end - 1:
         raise _Invalid()
     # GREASE values (RFC 8701) are 0x?A?A and mean nothing.
-    return tuple(version for version in ((data[i] << 8) | data[i + 1] for i in range(1, end, 2))
-                 if version & 0x0F0F != 0x0A0A)
+    return tuple([version for (version,) in _UINT16.iter_unpack(data[1:])
+                  if version & 0x0F0F != 0x0A0A])
 
 
-def _parse_hello(handshake: bytes, length: int) -> ClientHello:
+_READ_EXTENSIONS = frozenset((EXT_SERVER_NAME, EXT_ALPN, EXT_SUPPORTED_VERSIONS))
+_UINT16 = struct.Struct("!H")
+_EXTENSION_HEADER = struct.Struct("!HH").unpack_from
+# Cipher suite lists come in a handful of lengths: their Structs, made once.
+_cipher_structs: dict[int, struct.Struct] = {}
+
+
+@overload
+def _parse_hello(handshake: bytes, length: int, whole: Literal[True]) -> ClientHello: ...
+@overload
+def _parse_hello(handshake: bytes, length: int, whole: Literal[False]) -> Offer: ...
+def _parse_hello(handshake: bytes, length: int, whole: bool) -> Union[ClientHello, Offer]:
+    # Every check runs whether or not the whole hello is wanted (C{whole}),
+    # so both answer NO and NEED_MORE alike; an Offer only skips building
+    # the parts a tls route never reads (cipher suites, extension bodies).
     # Read with plain indexes (a cursor object cost a third of the parse).
     # Each field: past the hello's own length is malformed (_Invalid),
     # past the bytes so far merely early (_Short), checked in that order.
@@ -232,7 +271,13 @@ def _parse_hello(handshake: bytes, length: int) -> ClientHello:
         raise _Invalid()
     if pos > have:
         raise _Short()
-    cipher_suites = struct.unpack(f"!{n // 2}H", handshake[start:pos])
+    if whole:
+        suites = _cipher_structs.get(n)
+        if suites is None:
+            suites = struct.Struct(f"!{n // 2}H")
+            if len(_cipher_structs) < 64:  # bounded: lengths are the client's choice
+                _cipher_structs[n] = suites
+        cipher_suites = suites.unpack_from(handshake, start)
 
     # compression_methods<1..2^8-1>
     if pos + 1 > limit:
@@ -247,7 +292,7 @@ def _parse_hello(handshake: bytes, length: int) -> ClientHello:
         raise _Short()
     compression_methods = handshake[start:pos]
 
-    extensions: list[tuple[int, bytes]] = []
+    found: list[Any] = []  # (type, body) of each extension, or just the types
     sni: str | None = None
     alpn: tuple[str, ...] = ()
     versions: tuple[int, ...] = (legacy_version,)
@@ -259,58 +304,84 @@ def _parse_hello(handshake: bytes, length: int) -> ClientHello:
         if pos + 2 > have:
             raise _Short()
         start = pos + 2
-        pos = start + ((handshake[pos] << 8) | handshake[pos + 1])
-        if pos != limit:
+        end = start + ((handshake[pos] << 8) | handshake[pos + 1])
+        if end != limit:
             raise _Invalid()
-        if pos > have:
+        if end > have:
             raise _Short()
-        raw = handshake[start:pos]
-        pos, end = 0, len(raw)
-        seen = set()
-        while pos < end:
-            if pos + 4 > end:
-                raise _Invalid()
-            ext_type = (raw[pos] << 8) | raw[pos + 1]
+        # The block is all here, so from now on anything amiss is _Invalid,
+        # whichever check finds it first.
+        pos = start
+        add = found.append
+        while pos + 4 <= end:
+            ext_type, ext_length = _EXTENSION_HEADER(handshake, pos)
             start = pos + 4
-            pos = start + ((raw[pos + 2] << 8) | raw[pos + 3])
-            if pos > end:
-                raise _Invalid()
-            ext_data = raw[start:pos]
-            if ext_type in seen:
-                raise _Invalid()  # RFC 8446 4.2: at most one of each type
-            seen.add(ext_type)
-            extensions.append((ext_type, ext_data))
-            if ext_type == EXT_SERVER_NAME:
-                sni = _parse_server_name(ext_data)
-            elif ext_type == EXT_ALPN:
-                alpn = _parse_alpn(ext_data)
-            elif ext_type == EXT_SUPPORTED_VERSIONS:
-                versions = _parse_supported_versions(ext_data) or versions
+            pos = start + ext_length
+            # An extension overrunning the block is caught below (pos != end);
+            # whatever its parser makes of the overrun is thrown away then.
+            add((ext_type, handshake[start:pos]) if whole else ext_type)
+            if ext_type in _READ_EXTENSIONS:
+                ext_data = handshake[start:pos]
+                if ext_type == EXT_SERVER_NAME:
+                    sni = _parse_server_name(ext_data)
+                elif ext_type == EXT_ALPN:
+                    alpn = _parse_alpn(ext_data)
+                else:
+                    versions = _parse_supported_versions(ext_data) or versions
+        if pos != end:
+            raise _Invalid()  # a partial extension header, or an overrun
+        if len(dict(found) if whole else set(found)) != len(found):
+            raise _Invalid()  # RFC 8446 4.2: at most one of each type
 
+    if not whole:
+        return sni, alpn, _highest_version(versions, legacy_version)
+    # Positional, in field order: keywords cost a third of the call.
     return ClientHello(
-        legacy_version=legacy_version,
-        session_id=session_id,
-        cipher_suites=cipher_suites,
-        compression_methods=compression_methods,
-        extensions=tuple(extensions),
-        sni=sni,
-        alpn=alpn,
-        versions=versions,
-        length=length,
+        legacy_version,  # legacy_version
+        session_id,  # session_id
+        cipher_suites,  # cipher_suites
+        compression_methods,  # compression_methods
+        tuple(found),  # extensions
+        sni,  # sni
+        alpn,  # alpn
+        versions,  # versions
+        length,  # length
     )
 
 
-@functools.lru_cache(maxsize=64)
-def _parse_cached(data: bytes) -> Union[ClientHello, Verdict]:
-    # Several routes usually ask about the same buffer; bytes cache their
-    # hash, so a hit costs one dictionary lookup.
+def _parse(data: bytes, whole: bool) -> Union[ClientHello, Offer, Verdict]:
     try:
         handshake, length = _reassemble(data)
-        return _parse_hello(handshake, length)
+        if whole:
+            return _parse_hello(handshake, length, True)
+        return _parse_hello(handshake, length, False)
     except _Short:
         return NEED_MORE
     except _Invalid:
         return NO
+
+
+# Several routes usually ask about the same buffer, and the switch hands
+# each of them the very same bytes object: remembering the last one by
+# identity makes a repeat free and a first parse pay nothing for hashing.
+# The entry holds a reference, so the identity cannot be reused meanwhile.
+_last: tuple[bytes, Union[ClientHello, Offer, Verdict]] = (b"", NEED_MORE)
+
+
+def _parse_cached(data: bytes | bytearray | memoryview,
+                  whole: bool) -> Union[ClientHello, Offer, Verdict]:
+    # The callers have answered the common non-TLS case (first byte not
+    # 0x16) themselves, one call sooner, and without touching the cache,
+    # so HTTP or SSH openings do not evict a hello other routes still want.
+    global _last
+    last = _last
+    if data is last[0] and not (whole and isinstance(last[1], tuple)):
+        return last[1]  # (an Offer is not enough for the whole hello)
+    if type(data) is not bytes:
+        data = bytes(data)
+    result = _parse(data, whole)
+    _last = (data, result)
+    return result
 
 
 def parse_client_hello(data: bytes | bytearray | memoryview) -> Union[ClientHello, Verdict]:
@@ -323,9 +394,20 @@ def parse_client_hello(data: bytes | bytearray | memoryview) -> Union[ClientHell
         the hello are ignored. Never raises.
     """
     if data[:1] != b"\x16":
-        # The common non-TLS case: answer without touching the cache, so
-        # HTTP or SSH openings do not evict hellos other routes still want.
         return NEED_MORE if not data else NO
-    return _parse_cached(bytes(data))
+    # Asked for the whole hello, _parse_cached never gives an Offer.
+    return cast(Union[ClientHello, Verdict], _parse_cached(data, True))
 
 
+def hello_offer(data: bytes | bytearray | memoryview) -> Union[Offer, Verdict]:
+    """
+    The L{Offer} of the TLS ClientHello at the start of C{data}: the same
+    answer as L{parse_client_hello} (same NEED_MORE and NO), with only
+    what a route decides on, for less work.
+    """
+    if data[:1] != b"\x16":  # as in parse_client_hello
+        return NEED_MORE if not data else NO
+    result = _parse_cached(data, False)
+    if isinstance(result, ClientHello):  # the cache's, for another route
+        return result.sni, result.alpn, result.highest_version
+    return result
