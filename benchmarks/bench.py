@@ -1030,9 +1030,9 @@ def client_hellos(count: int) -> list[bytes]:
 def openings(count: int) -> dict[str, tuple[str, list[bytes]]]:
     """Per kind: the route it must reach, and ``count`` distinct openings.
 
-    Distinct, because the TLS and HTTP parsers cache their last 64 buffers
-    for the routes after the first: cycling through more than that measures
-    a new connection's cost, not a cache hit.
+    Distinct, because the TLS and HTTP parsers remember the last buffer
+    (by identity) for the routes after the first: every opening must be a
+    new connection's parse, not a repeat.
     """
     return {
         "TLS ClientHello with SNI": ("tls", client_hellos(count)),
