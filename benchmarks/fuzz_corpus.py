@@ -18,12 +18,9 @@ from __future__ import annotations
 import base64
 import random
 import shutil
-import socket
 import struct
 import subprocess
 import sys
-import threading
-import time
 import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -124,17 +121,14 @@ def _built_proxy_headers(payloads: Sequence[bytes]) -> list[bytes]:
     """PROXY v1/v2 headers in every family, followed by a real opening."""
     lines = [b"PROXY UNKNOWN\r\n", b"PROXY TCP6 2001:db8::1 ::1 51234 443\r\n",
              b"PROXY TCP4 192.0.2.1 198.51.100.2 65535 1\r\n"]
-    try:
-        from twisted.internet.address import IPv4Address, IPv6Address
+    from twisted.internet.address import IPv4Address, IPv6Address
 
-        from switchyard.proxyheader import build_v2
-    except ImportError:
-        pass  # moved: the captures and the lines above still cover both versions
-    else:
-        v4 = (IPv4Address("TCP", "192.0.2.7", 40000), IPv4Address("TCP", "10.0.0.1", 443))
-        v6 = (IPv6Address("TCP", "2001:db8::7", 40000), IPv6Address("TCP", "::1", 8443))
-        lines += [build_v2(*v4), build_v2(*v6, tlvs=[(0x01, b"h2"), (0x02, b"example.com")]),
-                  build_v2(None, None)]
+    from switchyard.wire.proxy import build_v2
+
+    v4 = (IPv4Address("TCP", "192.0.2.7", 40000), IPv4Address("TCP", "10.0.0.1", 443))
+    v6 = (IPv6Address("TCP", "2001:db8::7", 40000), IPv6Address("TCP", "::1", 8443))
+    lines += [build_v2(*v4), build_v2(*v6, tlvs=[(0x01, b"h2"), (0x02, b"example.com")]),
+              build_v2(None, None)]
     return [line + payload for line in lines for payload in payloads]
 
 
@@ -173,6 +167,10 @@ def _openssl_enc_lines() -> list[bytes]:
 
 def _recorded() -> list[tuple[str, bytes]]:
     """(kind, first bytes) of each installed client program, as it sent them."""
+    from tests.recording import http_head_complete as _head_done
+    from tests.recording import record_opening
+    from tests.recording import tls_record_complete as _record_done
+
     programs: list[tuple[str, Callable[[int], list[str]], Callable[[bytes], bool]]] = [
         ("http", lambda p: ["curl", "-s", "-m", "2", f"http://127.0.0.1:{p}/index.html"],
          _head_done),
@@ -194,62 +192,13 @@ def _recorded() -> list[tuple[str, bytes]]:
     ]
     out = []
     for kind, argv, done in programs:
-        data = record(argv, done)
+        try:
+            data = record_opening(argv, done, timeout=3.0).data
+        except RuntimeError:  # not installed: the fuzzer does without it
+            continue
         if data:
             out.append((kind, data))
     return out
-
-
-def _head_done(data: bytes) -> bool:
-    return b"\r\n\r\n" in data
-
-
-def _record_done(data: bytes) -> bool:
-    return len(data) >= 5 and len(data) >= 5 + int.from_bytes(data[3:5], "big")
-
-
-def record(argv: Callable[[int], list[str]], done: Callable[[bytes], bool],
-           timeout: float = 3.0) -> bytes:
-    """What a program sends first to a listener on 127.0.0.1 that never answers."""
-    server = socket.socket()
-    server.bind(("127.0.0.1", 0))
-    server.listen(1)
-    command = argv(server.getsockname()[1])
-    if shutil.which(command[0]) is None:
-        server.close()
-        return b""
-    got = bytearray()
-
-    def serve() -> None:
-        server.settimeout(timeout)
-        try:
-            conn, _ = server.accept()
-        except OSError:
-            return
-        with conn:
-            deadline = time.monotonic() + timeout
-            while not done(bytes(got)) and time.monotonic() < deadline:
-                conn.settimeout(max(0.01, deadline - time.monotonic()))
-                try:
-                    chunk = conn.recv(65536)
-                except OSError:
-                    break
-                if not chunk:
-                    break
-                got.extend(chunk)
-
-    listener = threading.Thread(target=serve, daemon=True)
-    listener.start()
-    # stdin open (a pipe never written): s_client would quit at end of input.
-    proc = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    listener.join(timeout + 2)
-    proc.kill()
-    proc.wait(10)
-    if proc.stdin is not None:
-        proc.stdin.close()
-    server.close()
-    return bytes(got)
 
 
 # -- mutations -----------------------------------------------------------------
