@@ -17,6 +17,7 @@ from typing import Union, cast
 import attr
 
 from switchyard.interfaces import NEED_MORE, NO, Verdict
+from switchyard.wire.last import LastBuffer
 
 MAX_REQUEST_LINE = 8 * 1024
 # RFC 9110 sets no limit, but the longest registered method has 17 bytes;
@@ -210,10 +211,7 @@ def _parse(data: bytes, whole: bool) -> Union[RequestHead, Offer, Verdict]:
     )
 
 
-# As for TLS: the switch hands every route the same bytes object, so the
-# last one, remembered by identity (and kept alive by the reference), is
-# a free repeat for the routes after the first.
-_last: tuple[bytes, Union[RequestHead, Offer, Verdict]] = (b"", NEED_MORE)
+_remembered: LastBuffer[Union[RequestHead, Offer, Verdict]] = LastBuffer(_parse, NEED_MORE)
 
 
 def _parse_cached(data: bytes | bytearray | memoryview,
@@ -222,17 +220,9 @@ def _parse_cached(data: bytes | bytearray | memoryview,
         return NEED_MORE
     if data[0] not in _FIRST_BYTES:
         # Most non-HTTP openings (TLS, SSH binary, PROXY v2) end here,
-        # without a cache entry.
+        # without replacing what is remembered.
         return NO
-    global _last
-    last = _last
-    if data is last[0] and not (whole and isinstance(last[1], tuple)):
-        return last[1]  # (an Offer is not enough for the whole head)
-    if type(data) is not bytes:
-        data = bytes(data)
-    result = _parse(data, whole)
-    _last = (data, result)
-    return result
+    return _remembered(data, whole)
 
 
 def parse_request_head(data: bytes | bytearray | memoryview) -> Union[RequestHead, Verdict]:

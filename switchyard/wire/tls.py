@@ -18,6 +18,7 @@ from typing import Any, Literal, Union, cast, overload
 import attr
 
 from switchyard.interfaces import NEED_MORE, NO, Verdict
+from switchyard.wire.last import LastBuffer
 from switchyard.wire.text import printable
 
 CONTENT_TYPE_HANDSHAKE = 0x16
@@ -361,27 +362,10 @@ def _parse(data: bytes, whole: bool) -> Union[ClientHello, Offer, Verdict]:
         return NO
 
 
-# Several routes usually ask about the same buffer, and the switch hands
-# each of them the very same bytes object: remembering the last one by
-# identity makes a repeat free and a first parse pay nothing for hashing.
-# The entry holds a reference, so the identity cannot be reused meanwhile.
-_last: tuple[bytes, Union[ClientHello, Offer, Verdict]] = (b"", NEED_MORE)
-
-
-def _parse_cached(data: bytes | bytearray | memoryview,
-                  whole: bool) -> Union[ClientHello, Offer, Verdict]:
-    # The callers have answered the common non-TLS case (first byte not
-    # 0x16) themselves, one call sooner, and without touching the cache,
-    # so HTTP or SSH openings do not evict a hello other routes still want.
-    global _last
-    last = _last
-    if data is last[0] and not (whole and isinstance(last[1], tuple)):
-        return last[1]  # (an Offer is not enough for the whole hello)
-    if type(data) is not bytes:
-        data = bytes(data)
-    result = _parse(data, whole)
-    _last = (data, result)
-    return result
+# The callers answer the common non-TLS case (first byte not 0x16)
+# themselves, one call sooner and without touching it, so HTTP or SSH
+# openings do not replace a hello other routes still want.
+_parse_cached: LastBuffer[Union[ClientHello, Offer, Verdict]] = LastBuffer(_parse, NEED_MORE)
 
 
 def parse_client_hello(data: bytes | bytearray | memoryview) -> Union[ClientHello, Verdict]:
